@@ -1,6 +1,12 @@
-"""oss_callback: async-first Alibaba Cloud OSS uploads with upload callbacks."""
+"""oss_callback: async-first Alibaba Cloud OSS uploads with upload callbacks.
+
+Upload with :class:`AsyncBucket` (or the synchronous :class:`Bucket`), attach a
+:class:`Callback`, and catch :class:`CallbackError` when OSS stored the object but the
+callback failed (HTTP 203).
+"""
 
 from ._callback import Callback
+from ._client import AsyncBucket, AsyncClient
 from ._credentials import Credentials
 from ._errors import (
     CallbackError,
@@ -13,10 +19,20 @@ from ._errors import (
     ResponseError,
     ServiceError,
 )
-from ._models import HeadObjectResult, PutObjectResult
+from ._models import (
+    HeadObjectResult,
+    InitiateMultipartUploadResult,
+    ListPartsResult,
+    PartInfo,
+    PutObjectResult,
+    UploadPartResult,
+)
+from ._retry import RetryPolicy
 from ._version import __version__
 
 __all__ = [
+    "AsyncBucket",
+    "AsyncClient",
     "Callback",
     "CallbackError",
     "CheckpointError",
@@ -25,10 +41,15 @@ __all__ = [
     "FileChangedError",
     "HeadObjectResult",
     "InconsistentError",
+    "InitiateMultipartUploadResult",
+    "ListPartsResult",
     "OSSError",
+    "PartInfo",
     "PutObjectResult",
     "RequestError",
     "ResponseError",
+    "RetryPolicy",
     "ServiceError",
+    "UploadPartResult",
     "__version__",
 ]

@@ -1,0 +1,614 @@
+"""The async core: :class:`AsyncClient` (one pooled connection pool) and :class:`AsyncBucket`."""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import IO, Any
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._body import Body, ProgressFn, make_body
+from ._callback import Callback
+from ._crc64 import crc64, crc64_combine_many
+from ._credentials import Credentials
+from ._endpoint import Endpoint, validate_bucket_name, validate_key
+from ._errors import (
+    InconsistentError,
+    OSSError,
+    ServiceError,
+    make_service_error,
+)
+from ._http import Session, parse_crc
+from ._models import (
+    HeadObjectResult,
+    InitiateMultipartUploadResult,
+    ListPartsResult,
+    PartInfo,
+    PutObjectResult,
+    UploadPartResult,
+)
+from ._retry import RetryPolicy
+from ._xml import complete_body, parse_xml, strip_etag
+
+__all__ = ["AsyncBucket", "AsyncClient"]
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=None)
+DEFAULT_MAX_CONNECTIONS = 64
+_SIGNATURE_VERSIONS = ("v1", "v4")
+
+
+class _State(enum.Enum):
+    OPEN = 1
+    CLOSED = 2
+
+
+class AsyncClient:
+    """An async OSS client: one pooled :class:`httpx.AsyncClient` shared by its buckets.
+
+    Args:
+        endpoint: ``https://oss-cn-hangzhou.aliyuncs.com``, ``http://127.0.0.1:9000`` or a bare
+            host (https assumed).
+        access_key_id: ``None`` reads ``OSS_ACCESS_KEY_ID``.
+        access_key_secret: ``None`` reads ``OSS_ACCESS_KEY_SECRET``.
+        security_token: the STS token; ``None`` reads ``OSS_SESSION_TOKEN`` (optional).
+        region: e.g. ``cn-hangzhou``; derived from OSS endpoints. V4 needs it.
+        signature_version: ``"v4"`` (default) or ``"v1"``.
+        path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
+            ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
+        timeout: an :class:`httpx.Timeout` or seconds.
+        retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
+        max_connections: size of the connection pool.
+        transport: an httpx transport to use instead of the network (tests:
+            :class:`httpx.MockTransport`).
+
+    Use it as ``async with AsyncClient(...) as client:`` or call :meth:`aclose`.
+
+    Raises:
+        ValueError: bad endpoint, missing credentials, or V4 without a derivable region.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+        *,
+        security_token: str | None = None,
+        region: str | None = None,
+        signature_version: str = "v4",
+        path_style: bool | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if signature_version not in _SIGNATURE_VERSIONS:
+            raise ValueError(
+                f"signature_version must be 'v4' or 'v1', got {signature_version!r}"
+            )
+        parsed = Endpoint.parse(endpoint, region=region, path_style=path_style)
+        if signature_version == "v4" and not parsed.region:
+            raise ValueError(
+                f"V4 signing needs a region and none can be derived from {endpoint!r}: pass "
+                "region='cn-hangzhou' (or whichever region the bucket is in), or "
+                "signature_version='v1'"
+            )
+        credentials = Credentials.resolve(access_key_id, access_key_secret, security_token)
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        http = httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+        )
+        self._session = Session(
+            http=http,
+            endpoint=parsed,
+            credentials=credentials,
+            signature_version=signature_version,
+            region=parsed.region,
+            retry=retry or RetryPolicy(),
+        )
+        self._state = _State.OPEN
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint as ``scheme://host[:port]``."""
+        return str(self._session.endpoint)
+
+    @property
+    def region(self) -> str | None:
+        """The region used for V4 signing."""
+        return self._session.region
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._state is _State.CLOSED
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncClient endpoint={self.endpoint!r} region={self.region!r} "
+            f"access_key_id={self._session.credentials.access_key_id!r}"
+            f"{' closed' if self.is_closed else ''}>"
+        )
+
+    def get_bucket(self, name: str) -> AsyncBucket:
+        """An :class:`AsyncBucket` that shares this client's connection pool."""
+        return AsyncBucket(name, client=self)
+
+    def _check_open(self) -> Session:
+        if self._state is _State.CLOSED:
+            raise RuntimeError(
+                "this AsyncClient is closed; create a new one (or keep using it inside its "
+                "'async with' block)"
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        with anyio.move_on_after(10, shield=True):
+            await self._session.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", _State.CLOSED) is _State.OPEN:
+            warnings.warn(
+                f"{self!r} was not closed; use 'async with' or call aclose()",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+def _on_203(key: str, *, upload_id: str | None = None, size: int | None = None) -> Any:
+    def build(response: httpx.Response, data: bytes) -> OSSError:
+        result = _put_result(key, response, None, callback_status=203, upload_id=upload_id,
+                             size=size)
+        return make_service_error(203, response.headers, data, result=result)
+
+    return build
+
+
+def _put_result(
+    key: str,
+    response: httpx.Response,
+    callback_body: bytes | None,
+    *,
+    callback_status: int | None,
+    upload_id: str | None = None,
+    size: int | None = None,
+    etag: str | None = None,
+) -> PutObjectResult:
+    h = response.headers
+    return PutObjectResult(
+        key=key,
+        etag=etag or strip_etag(h.get("etag")),
+        crc64=parse_crc(h.get("x-oss-hash-crc64ecma")),
+        request_id=h.get("x-oss-request-id"),
+        version_id=h.get("x-oss-version-id"),
+        callback_status=callback_status,
+        callback_body=callback_body,
+        upload_id=upload_id,
+        size=size,
+    )
+
+
+def _merge_headers(
+    headers: Mapping[str, str] | None, callback: Callback | None
+) -> dict[str, str]:
+    merged = {k.lower(): str(v) for k, v in (headers or {}).items()}
+    if callback is not None:
+        if not isinstance(callback, Callback):
+            raise TypeError(
+                f"callback must be an oss_callback.Callback, got {type(callback).__name__}"
+            )
+        if "x-oss-callback" in merged:
+            raise ValueError("pass the callback as callback=..., not as an x-oss-callback header")
+        merged.update(callback.to_headers())
+    return merged
+
+
+class AsyncBucket:
+    """Operations on one bucket.
+
+    Get one from :meth:`AsyncClient.get_bucket` (shares the client's pool), or build it
+    directly with the same arguments as :class:`AsyncClient` plus the bucket name; it then
+    owns its client and is closed with ``async with``/:meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str | None = None,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+        *,
+        client: AsyncClient | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        self.name = validate_bucket_name(name)
+        if client is None:
+            if endpoint is None:
+                raise ValueError("pass endpoint=... (or client=...) to build an AsyncBucket")
+            client = AsyncClient(endpoint, access_key_id, access_key_secret, **client_kwargs)
+            self._owns_client = True
+        else:
+            if endpoint is not None or access_key_id is not None or client_kwargs:
+                raise TypeError("pass either client= or the client's arguments, not both")
+            self._owns_client = False
+        self.client = client
+
+    def __repr__(self) -> str:
+        return f"<AsyncBucket {self.name!r} at {self.client.endpoint!r}>"
+
+    @property
+    def _session(self) -> Session:
+        return self.client._check_open()
+
+    async def aclose(self) -> None:
+        """Close the client if this bucket owns it (a no-op for ``client.get_bucket``)."""
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncBucket:
+        self.client._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ objects
+
+    async def put_object(
+        self,
+        key: str,
+        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        callback: Callback | None = None,
+        headers: Mapping[str, str] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> PutObjectResult:
+        """Upload one object in a single PutObject request, optionally with a callback.
+
+        Args:
+            key: the object key.
+            data: bytes, str (UTF-8), a binary file object, or a sync/async iterable of bytes.
+            file: a path to upload instead of ``data`` (streamed, never read whole).
+            callback: an upload callback; its server's reply is ``result.callback_body``.
+            headers: extra request headers (``Content-Type``, ``x-oss-meta-*``, ...).
+            progress: ``progress(bytes_done, total_or_None)``, called as bytes are sent
+                (from the event loop thread; it starts again from 0 if a retry happens).
+
+        Returns:
+            The stored object's :class:`PutObjectResult` (CRC-64 already verified).
+
+        Raises:
+            CallbackError: HTTP 203: the object is stored but the callback failed
+                (``e.result`` is the result).
+            ServiceError: OSS refused the upload.
+            InconsistentError: the CRC-64 OSS computed differs from the data sent.
+            RequestError: no answer after the retries.
+            FileChangedError: the file changed while it was read (nothing stored).
+        """
+        validate_key(key)
+        h = _merge_headers(headers, callback)
+        body = make_body(data, file)
+        response, content = await self._session.request(
+            "PUT", self.name, key, headers=h, body=body, progress=progress,
+            on_203=_on_203(key, size=body.size) if callback else None,
+        )
+        return _put_result(
+            key, response, content if callback else None,
+            callback_status=response.status_code if callback else None,
+            size=body.sent,
+        )
+
+    async def get_object(self, key: str, *, byte_range: tuple[int, int | None] | None = None,
+                         ) -> bytes:
+        """Download an object (or ``byte_range=(first, last_or_None)``, inclusive) into memory.
+
+        The CRC-64 of a whole-object download is checked against ``x-oss-hash-crc64ecma``.
+        """
+        validate_key(key)
+        headers = _range_header(byte_range)
+        async with self._session.stream("GET", self.name, key, headers=headers,
+                                        ok=(200, 206)) as response:
+            chunks = [chunk async for chunk in response.aiter_bytes()]
+        data = b"".join(chunks)
+        if response.status_code == 200:
+            _verify_download(response, crc64(data), len(data), key)
+        return data
+
+    async def get_object_to_file(
+        self, key: str, path: str | os.PathLike[str], *, progress: ProgressFn | None = None
+    ) -> HeadObjectResult:
+        """Download an object to ``path``, streaming; CRC-64 checked before the file appears.
+
+        The data goes to a temporary file in the same folder, renamed over ``path`` only when
+        complete and verified: ``path`` is never left half-written.
+        """
+        validate_key(key)
+        target = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(target))
+        if os.path.isdir(target):
+            raise IsADirectoryError(f"{target} is a directory; give a file path")
+        fd, tmp = await anyio.to_thread.run_sync(
+            lambda: tempfile.mkstemp(prefix=".oss-download-", dir=folder)
+        )
+        f = os.fdopen(fd, "wb")
+        try:
+            crc = 0
+            done = 0
+            async with self._session.stream("GET", self.name, key) as response:
+                total = int(response.headers.get("content-length", "0")) or None
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    crc = await anyio.to_thread.run_sync(_write_crc, f, chunk, crc)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+            _verify_download(response, crc, done, key)
+            await anyio.to_thread.run_sync(_finish_file, f, tmp, target)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_discard_file, f, tmp)
+            raise
+        return _head_result(key, response.headers, size=done)
+
+    async def head_object(self, key: str) -> HeadObjectResult:
+        """An object's metadata: size, etag, crc64, content type, ``x-oss-meta-*``."""
+        validate_key(key)
+        response, _ = await self._session.request("HEAD", self.name, key, max_body=0)
+        return _head_result(key, response.headers)
+
+    async def object_exists(self, key: str) -> bool:
+        """``True`` if the object exists; ``False`` on ``NoSuchKey``; other errors raise."""
+        try:
+            await self.head_object(key)
+        except ServiceError as e:
+            if e.status == 404 and e.code in ("NoSuchKey", ""):
+                return False
+            raise
+        return True
+
+    async def delete_object(self, key: str) -> None:
+        """Delete an object (no error if it doesn't exist, as OSS does)."""
+        validate_key(key)
+        await self._session.request("DELETE", self.name, key, ok=(204, 200))
+
+    # ------------------------------------------------------------------ multipart
+
+    async def initiate_multipart_upload(
+        self, key: str, *, headers: Mapping[str, str] | None = None
+    ) -> InitiateMultipartUploadResult:
+        """Start a multipart upload; ``headers`` (Content-Type, ``x-oss-meta-*``) apply to
+        the final object."""
+        validate_key(key)
+        response, content = await self._session.request(
+            "POST", self.name, key, query=[("uploads", "")], headers=_merge_headers(headers, None),
+        )
+        node = parse_xml(content, "InitiateMultipartUploadResult", "InitiateMultipartUpload")
+        return InitiateMultipartUploadResult(
+            bucket=self.name,
+            key=key,
+            upload_id=node.required("UploadId", "InitiateMultipartUpload"),
+            request_id=response.headers.get("x-oss-request-id"),
+        )
+
+    async def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        *,
+        progress: ProgressFn | None = None,
+    ) -> UploadPartResult:
+        """Upload one part (1..10000) of a multipart upload; its CRC-64 is verified."""
+        body = data if isinstance(data, Body) else make_body(data, None)
+        return await self._upload_part(key, upload_id, part_number, body, progress)
+
+    async def _upload_part(
+        self, key: str, upload_id: str, part_number: int, body: Body,
+        progress: ProgressFn | None,
+    ) -> UploadPartResult:
+        validate_key(key)
+        if not 1 <= part_number <= 10000:
+            raise ValueError(f"part_number must be in 1..10000, got {part_number}")
+        response, _ = await self._session.request(
+            "PUT", self.name, key, query=[("partNumber", str(part_number)),
+                                          ("uploadId", upload_id)],
+            body=body, progress=progress,
+        )
+        return UploadPartResult(
+            part_number=part_number,
+            etag=strip_etag(response.headers.get("etag")),
+            crc64=body.crc,
+            size=body.sent,
+            request_id=response.headers.get("x-oss-request-id"),
+        )
+
+    async def complete_multipart_upload(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Iterable[UploadPartResult | PartInfo | tuple[int, str]],
+        *,
+        callback: Callback | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PutObjectResult:
+        """Assemble the object from ``parts``; the callback (if any) fires now.
+
+        When every part carries its CRC-64 and size, the object's CRC-64 is checked against
+        the combination of the parts' (:class:`InconsistentError` on mismatch).
+
+        Raises:
+            CallbackError: the object is assembled and stored but the callback failed.
+        """
+        validate_key(key)
+        numbered: list[tuple[int, str]] = []
+        crcs: list[tuple[int, int]] | None = []
+        for part in sorted(parts, key=_part_number):
+            if isinstance(part, tuple):
+                numbered.append((part[0], part[1]))
+                crcs = None
+            else:
+                numbered.append((part.part_number, part.etag))
+                if crcs is not None and part.crc64 is not None and part.size is not None:
+                    crcs.append((part.crc64, part.size))
+                else:
+                    crcs = None
+        if not numbered:
+            raise ValueError("complete_multipart_upload needs at least one part")
+        size = sum(s for _, s in crcs) if crcs is not None else None
+        h = _merge_headers(headers, callback)
+        h["content-type"] = h.get("content-type", "application/xml")
+        response, content = await self._session.request(
+            "POST", self.name, key, query=[("uploadId", upload_id)], headers=h,
+            body=complete_body(numbered),
+            on_203=_on_203(key, upload_id=upload_id, size=size) if callback else None,
+        )
+        etag = None
+        if not callback:
+            node = parse_xml(content, "CompleteMultipartUploadResult", "CompleteMultipartUpload")
+            etag = strip_etag(node.text("ETag"))
+        result = _put_result(
+            key, response, content if callback else None,
+            callback_status=response.status_code if callback else None,
+            upload_id=upload_id, size=size, etag=etag,
+        )
+        if crcs is not None and result.crc64 is not None:
+            expected = crc64_combine_many(crcs)
+            if expected != result.crc64:
+                raise InconsistentError(
+                    f"CRC-64 mismatch after CompleteMultipartUpload of {key!r}: parts combine "
+                    f"to {expected}, OSS reports {result.crc64} "
+                    f"(request_id={result.request_id}); upload the object again",
+                    client_crc=expected, server_crc=result.crc64, request_id=result.request_id,
+                )
+        return result
+
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload and free its parts (``NoSuchUpload`` if unknown)."""
+        validate_key(key)
+        await self._session.request("DELETE", self.name, key, query=[("uploadId", upload_id)],
+                                    ok=(204, 200))
+
+    async def list_parts(self, key: str, upload_id: str) -> ListPartsResult:
+        """Every uploaded part of a multipart upload (pages followed), in part order."""
+        validate_key(key)
+        parts: list[PartInfo] = []
+        marker = "0"
+        for _ in range(10001):
+            query = [("uploadId", upload_id), ("max-parts", "1000")]
+            if marker != "0":
+                query.append(("part-number-marker", marker))
+            _, content = await self._session.request("GET", self.name, key, query=query)
+            node = parse_xml(content, "ListPartsResult", "ListParts")
+            for p in node.children("Part"):
+                parts.append(PartInfo(
+                    part_number=int(p.required("PartNumber", "ListParts")),
+                    etag=strip_etag(p.required("ETag", "ListParts")),
+                    size=int(p.required("Size", "ListParts")),
+                    crc64=parse_crc(p.text("HashCrc64ecma")),
+                    last_modified=p.text("LastModified"),
+                ))
+            if (node.text("IsTruncated") or "false").lower() != "true":
+                break
+            next_marker = node.text("NextPartNumberMarker") or ""
+            if not next_marker or next_marker == marker:
+                break
+            marker = next_marker
+        return ListPartsResult(key=key, upload_id=upload_id,
+                               parts=tuple(sorted(parts, key=lambda p: p.part_number)))
+
+
+def _part_number(part: UploadPartResult | PartInfo | tuple[int, str]) -> int:
+    return part[0] if isinstance(part, tuple) else part.part_number
+
+
+def _range_header(byte_range: tuple[int, int | None] | None) -> dict[str, str]:
+    if byte_range is None:
+        return {}
+    first, last = byte_range
+    if first < 0 or (last is not None and last < first):
+        raise ValueError(f"invalid byte_range {byte_range!r}: need 0 <= first <= last")
+    return {"range": f"bytes={first}-{'' if last is None else last}"}
+
+
+def _verify_download(response: httpx.Response, crc: int, size: int, key: str) -> None:
+    server = parse_crc(response.headers.get("x-oss-hash-crc64ecma"))
+    if server is not None and server != crc:
+        raise InconsistentError(
+            f"CRC-64 mismatch downloading {key!r}: received {crc} over {size} bytes, OSS "
+            f"reports {server}; download it again",
+            client_crc=crc, server_crc=server,
+            request_id=response.headers.get("x-oss-request-id"),
+        )
+
+
+def _head_result(key: str, headers: httpx.Headers, size: int | None = None) -> HeadObjectResult:
+    return HeadObjectResult(
+        key=key,
+        size=size if size is not None else int(headers.get("content-length", "0")),
+        etag=strip_etag(headers.get("etag")),
+        crc64=parse_crc(headers.get("x-oss-hash-crc64ecma")),
+        content_type=headers.get("content-type"),
+        last_modified=headers.get("last-modified"),
+        version_id=headers.get("x-oss-version-id"),
+        request_id=headers.get("x-oss-request-id"),
+        object_type=headers.get("x-oss-object-type"),
+        metadata={k[len("x-oss-meta-"):]: v for k, v in headers.items()
+                  if k.lower().startswith("x-oss-meta-")},
+        headers=dict(headers.items()),
+    )
+
+
+def _write_crc(f: IO[bytes], chunk: bytes, crc: int) -> int:
+    f.write(chunk)
+    return crc64(chunk, crc)
+
+
+def _finish_file(f: IO[bytes], tmp: str, target: str) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(tmp, target)
+
+
+def _discard_file(f: IO[bytes], tmp: str) -> None:
+    f.close()
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass

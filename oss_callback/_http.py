@@ -1,0 +1,295 @@
+"""One signed, retried OSS request: signing, error mapping and CRC checks in one place.
+
+This is the only module that talks to httpx; no ``httpx`` exception escapes it (they become
+:class:`RequestError`, chained with ``from``).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+
+import anyio
+import httpx
+
+from ._body import Body, ProgressFn
+from ._credentials import Credentials
+from ._endpoint import Endpoint
+from ._errors import (
+    InconsistentError,
+    OSSError,
+    RequestError,
+    ServiceError,
+    make_service_error,
+)
+from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
+from ._retry import RetryPolicy
+from ._signing import sign_v1, sign_v4
+from ._version import __version__
+
+__all__ = ["Session"]
+
+logger = logging.getLogger("oss_callback")
+
+USER_AGENT = (
+    f"oss-callback/{__version__} ({platform.system()}; python/{platform.python_version()}) "
+    f"httpx/{httpx.__version__}"
+)
+
+Query = Sequence[tuple[str, str]]
+#: Builds the exception for a 203 from the response (only uploads with a callback pass one).
+On203 = Callable[[httpx.Response, bytes], OSSError]
+
+
+def parse_crc(value: str | None) -> int | None:
+    """``x-oss-hash-crc64ecma`` as an int (``None`` when absent or malformed)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    crc = int(value.strip())
+    return crc if crc < 2**64 else None
+
+
+class Session:
+    """Shared state of a client: the pooled httpx client, endpoint, credentials, policy."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        signature_version: str,
+        region: str | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self.http = http
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.signature_version = signature_version
+        self.region = region
+        self.retry = retry
+        #: seconds to add to the local clock (learned from RequestTimeTooSkewed answers).
+        self.clock_offset = 0.0
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset)
+
+    def _sign(self, method: str, bucket: str | None, key: str | None, query: Query,
+              headers: dict[str, str]) -> None:
+        if self.signature_version == "v1":
+            sign_v1(method, bucket, key, query, headers, self.credentials, self.now())
+        else:
+            assert self.region is not None
+            sign_v4(method, bucket, key, query, headers, self.credentials, self.now(), self.region)
+
+    def _learn_clock(self, response: httpx.Response) -> None:
+        server_time: float | None = None
+        raw = response.headers.get("x-oss-server-time")
+        if raw and raw.isdigit():
+            server_time = int(raw) / (1000 if len(raw) > 11 else 1)
+        elif response.headers.get("date"):
+            try:
+                server_time = parsedate_to_datetime(response.headers["date"]).timestamp()
+            except (TypeError, ValueError):
+                server_time = None
+        if server_time is not None:
+            self.clock_offset = server_time - time.time()
+            logger.warning("local clock is %.0f s off OSS's; correcting", self.clock_offset)
+
+    def _build(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None,
+        query: Query,
+        headers: Mapping[str, str] | None,
+        body: Body | bytes | None,
+        on_bytes: Callable[[int], None] | None,
+    ) -> httpx.Request:
+        h: dict[str, str] = {"user-agent": USER_AGENT}
+        for name, value in (headers or {}).items():
+            h[name.lower()] = str(value)
+        content: bytes | AsyncIterator[bytes] | None
+        if isinstance(body, Body):
+            if body.size is not None:
+                h["content-length"] = str(body.size)
+            content = body.stream(on_bytes)
+        else:
+            content = body
+            if body is not None or method in ("PUT", "POST"):
+                h["content-length"] = str(len(body or b""))
+        self._sign(method, bucket, key, query, h)
+        return httpx.Request(method, self.endpoint.url(bucket, key, query), headers=h,
+                             content=content)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None,
+        *,
+        query: Query = (),
+        headers: Mapping[str, str] | None = None,
+        body: Body | bytes | None = None,
+        ok: tuple[int, ...] = (200,),
+        progress: ProgressFn | None = None,
+        on_203: On203 | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send with retries; yield the successful response with its body unread.
+
+        Errors: :class:`ServiceError` (status not in ``ok``), :class:`CallbackError` (203 with
+        ``on_203``), :class:`RequestError` (no answer), :class:`InconsistentError` (CRC-64).
+        """
+        response = await self._send(method, bucket, key, query, headers, body, ok, progress,
+                                    on_203)
+        try:
+            yield response
+        except httpx.TimeoutException as exc:
+            raise RequestError(f"reading {_what(bucket, key)} timed out") from exc
+        except httpx.TransportError as exc:
+            raise RequestError(
+                f"reading {_what(bucket, key)} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None,
+        query: Query,
+        headers: Mapping[str, str] | None,
+        body: Body | bytes | None,
+        ok: tuple[int, ...],
+        progress: ProgressFn | None,
+        on_203: On203 | None,
+    ) -> httpx.Response:
+        replayable = not isinstance(body, Body) or body.replayable
+        total = body.size if isinstance(body, Body) else (len(body) if body else 0)
+        attempt = 0
+        while True:
+            done = 0
+
+            def on_bytes(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(done, total)
+
+            response: httpx.Response | None = None
+            try:
+                request = self._build(method, bucket, key, query, headers, body,
+                                      on_bytes if progress is not None else None)
+                if progress is not None and attempt:
+                    progress(0, total)  # a retry starts over: progress rewinds
+                try:
+                    response = await self.http.send(request, stream=True)
+                except httpx.TimeoutException as exc:
+                    raise RequestError(
+                        f"{method} {_what(bucket, key)} timed out ({type(exc).__name__}); "
+                        "check the network or raise the timeout"
+                    ) from exc
+                except httpx.TransportError as exc:
+                    raise RequestError(
+                        f"{method} {_what(bucket, key)} failed: {type(exc).__name__}: "
+                        f"{exc or 'connection error'} (endpoint {self.endpoint})"
+                    ) from exc
+                status = response.status_code
+                if status in ok:
+                    self._check_crc(response, body)
+                    return response
+                data = await _read_limited(response, _MAX_ERROR_BODY)
+                if status == 203 and on_203 is not None:
+                    self._check_crc(response, body)
+                    raise on_203(response, data)
+                error = make_service_error(status, response.headers, data)
+                if error.code == "RequestTimeTooSkewed":
+                    self._learn_clock(response)
+                raise error
+            except OSSError as error:
+                if response is not None:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                if not (replayable and self.retry.should_retry(error, attempt)):
+                    raise
+                delay = self.retry.backoff(attempt)
+                logger.info("retrying %s %s after %s (attempt %d, %.2fs)", method,
+                            _what(bucket, key), _describe(error), attempt + 1, delay)
+                attempt += 1
+                if delay:
+                    await anyio.sleep(delay)
+            except BaseException:
+                if response is not None:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                raise
+
+    async def request(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None,
+        *,
+        query: Query = (),
+        headers: Mapping[str, str] | None = None,
+        body: Body | bytes | None = None,
+        ok: tuple[int, ...] = (200,),
+        progress: ProgressFn | None = None,
+        on_203: On203 | None = None,
+        max_body: int = 16 * 1024 * 1024,
+    ) -> tuple[httpx.Response, bytes]:
+        """Like :meth:`stream`, reading the whole (bounded) response body."""
+        async with self.stream(method, bucket, key, query=query, headers=headers, body=body,
+                               ok=ok, progress=progress, on_203=on_203) as response:
+            data = await _read_limited(response, max_body)
+        return response, data
+
+    def _check_crc(self, response: httpx.Response, body: Body | bytes | None) -> None:
+        if not isinstance(body, Body):
+            return
+        server = parse_crc(response.headers.get("x-oss-hash-crc64ecma"))
+        if server is None or body.sent != body.size and body.size is not None:
+            return
+        if server != body.crc:
+            raise InconsistentError(
+                f"CRC-64 mismatch: sent {body.crc}, OSS stored {server} "
+                f"(request_id={response.headers.get('x-oss-request-id')}); the data was "
+                "corrupted in transit",
+                client_crc=body.crc,
+                server_crc=server,
+                request_id=response.headers.get("x-oss-request-id"),
+            )
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+    except httpx.TransportError as exc:
+        raise RequestError(f"reading the response failed: {type(exc).__name__}: {exc}") from exc
+    return b"".join(chunks)
+
+
+def _what(bucket: str | None, key: str | None) -> str:
+    if bucket is None:
+        return "/"
+    return f"oss://{bucket}/{key or ''}"
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ServiceError):
+        return f"HTTP {error.status} {error.code}".strip()
+    return type(error).__name__
