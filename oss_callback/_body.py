@@ -18,7 +18,7 @@ import anyio.to_thread
 from ._crc64 import crc64
 from ._errors import FileChangedError
 
-__all__ = ["Body", "ProgressFn", "make_body"]
+__all__ = ["Body", "ProgressFn", "check_readable_file", "make_body"]
 
 #: Read size for files: large enough that the thread hop is noise (see benchmarks/).
 FILE_CHUNK = 1024 * 1024
@@ -216,6 +216,20 @@ def _check_chunk(chunk: object) -> bytes | bytearray | memoryview:
     return chunk
 
 
+def check_readable_file(file: str | os.PathLike[str]) -> str:
+    """Return ``file`` as a str path if it is a readable regular file; else a clear error."""
+    path = os.fspath(file)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file to upload: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; upload the files inside it instead")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file (a device, socket or FIFO?)")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path} is not readable by this process")
+    return path
+
+
 def make_body(data: object, file: str | os.PathLike[str] | None) -> Body:
     """Turn ``put_object``'s ``data``/``file`` arguments into a :class:`Body`.
 
@@ -226,14 +240,7 @@ def make_body(data: object, file: str | os.PathLike[str] | None) -> Body:
     if file is not None:
         if data is not None:
             raise TypeError("pass either data= or file=, not both")
-        path = os.fspath(file)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such file to upload: {path}")
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"{path} is a directory; upload the files inside it instead")
-        if not os.access(path, os.R_OK):
-            raise PermissionError(f"{path} is not readable by this process")
-        return FileRangeBody(path)
+        return FileRangeBody(check_readable_file(file))
     if data is None:
         return BytesBody(b"")
     if isinstance(data, str):
@@ -243,7 +250,7 @@ def make_body(data: object, file: str | os.PathLike[str] | None) -> Body:
     if isinstance(data, io.TextIOBase):
         raise TypeError("open the file in binary mode ('rb'); text file objects can't be uploaded")
     if hasattr(data, "read"):
-        return FileObjBody(data)  # type: ignore[arg-type]
+        return FileObjBody(data)
     if isinstance(data, AsyncIterable | Iterable) and not isinstance(data, dict):
         return IterBody(data)  # type: ignore[arg-type]
     raise TypeError(

@@ -98,11 +98,15 @@ def _check_body_type(instance: Callback, attribute: attrs.Attribute[str], value:
         raise ValueError(f"Callback.body_type must be one of {_BODY_TYPES}, got {value!r}")
 
 
-def _check_host(instance: Callback, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+def _check_host(
+    instance: Callback, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
     if value is not None and (
         not isinstance(value, str) or not value or any(c.isspace() or c in "/?#" for c in value)
     ):
-        raise ValueError(f"Callback.host must be a bare host name (no scheme or path), got {value!r}")
+        raise ValueError(
+            f"Callback.host must be a bare host name (no scheme or path), got {value!r}"
+        )
 
 
 def _check_sni(instance: Callback, attribute: attrs.Attribute[bool], value: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import tempfile
@@ -360,12 +361,7 @@ class AsyncBucket:
         """
         validate_key(key)
         target = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(target))
-        if os.path.isdir(target):
-            raise IsADirectoryError(f"{target} is a directory; give a file path")
-        fd, tmp = await anyio.to_thread.run_sync(
-            lambda: tempfile.mkstemp(prefix=".oss-download-", dir=folder)
-        )
+        fd, tmp = await anyio.to_thread.run_sync(_temp_beside, target)
         f = os.fdopen(fd, "wb")
         try:
             crc = 0
@@ -405,6 +401,73 @@ class AsyncBucket:
         """Delete an object (no error if it doesn't exist, as OSS does)."""
         validate_key(key)
         await self._session.request("DELETE", self.name, key, ok=(204, 200))
+
+    async def resumable_upload(
+        self,
+        key: str,
+        path: str | os.PathLike[str],
+        *,
+        callback: Callback | None = None,
+        part_size: int | None = None,
+        concurrency: int | None = None,
+        checkpoint_file: str | os.PathLike[str] | None = None,
+        disable_checkpoint: bool = False,
+        headers: Mapping[str, str] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> PutObjectResult:
+        """Upload a file in concurrent parts, resumable after a crash; callback on Complete.
+
+        Files smaller than one part go through a single :meth:`put_object` (with the
+        callback). Larger files: InitiateMultipartUpload, ``concurrency`` UploadPart requests
+        in flight (each part read from disk in 1 MiB chunks in a worker thread, its CRC-64
+        verified), a checkpoint written atomically after every part, then
+        CompleteMultipartUpload carrying the callback, and the object's CRC-64 checked
+        against the combination of all parts' (resumed ones included).
+
+        Args:
+            key: the object key.
+            path: the local file.
+            callback: attached to CompleteMultipartUpload (or the single PutObject).
+            part_size: bytes per part (100 KiB..5 GiB); ``None`` picks 8 MiB, grown so the file
+                never needs more than 10,000 parts.
+            concurrency: parts in flight (default 4). Memory stays around
+                ``concurrency x 1 MiB`` (parts are streamed, not buffered).
+            checkpoint_file: where to record progress; ``None`` uses a per-user state folder
+                (``$OSS_CALLBACK_STATE_DIR``, else ``$XDG_STATE_HOME/oss_callback/checkpoints``
+                or ``~/.local/state/oss_callback/checkpoints``). A valid checkpoint is resumed.
+            disable_checkpoint: no checkpoint is read or written; a failed upload is aborted.
+            headers: ``Content-Type``, ``x-oss-meta-*``... for the object (sent on Initiate).
+            progress: ``progress(bytes_done, total)``, byte-accurate across parts; starts at
+                the bytes already uploaded when resuming; rewinds if a part is retried; never
+                exceeds ``total``. Called on the event loop thread; if it raises, the upload
+                stops with that exception (resumable from the checkpoint).
+
+        Returns:
+            The stored object's :class:`PutObjectResult`, with ``upload_id`` set
+            (``None`` when a single PutObject was used).
+
+        Raises:
+            CallbackError: the object is stored but the callback failed; the checkpoint is
+                removed (a rerun does not complete again).
+            CheckpointError: the checkpoint is corrupt, foreign or from a newer version
+                (nothing was touched; the message says what to do).
+            FileChangedError: the file changed during the upload (rerun to send the new
+                content; a rerun restarts cleanly and aborts the stale upload).
+            InconsistentError: a CRC-64 mismatch (the wrong object is deleted).
+            ServiceError, RequestError: as for :meth:`put_object`; the checkpoint is kept.
+
+        Warning:
+            With ``disable_checkpoint=False`` a failed upload keeps its parts on OSS (billed
+            as storage) until it is resumed or aborted; configure a lifecycle rule that
+            aborts incomplete multipart uploads after some days.
+        """
+        from ._resumable import resumable_upload
+
+        return await resumable_upload(
+            self, key, path, callback=callback, part_size=part_size, concurrency=concurrency,
+            checkpoint_file=checkpoint_file, disable_checkpoint=disable_checkpoint,
+            headers=headers, progress=progress,
+        )
 
     # ------------------------------------------------------------------ multipart
 
@@ -594,6 +657,13 @@ def _head_result(key: str, headers: httpx.Headers, size: int | None = None) -> H
     )
 
 
+def _temp_beside(target: str) -> tuple[int, str]:
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{target} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(target))
+    return tempfile.mkstemp(prefix=".oss-download-", dir=folder)
+
+
 def _write_crc(f: IO[bytes], chunk: bytes, crc: int) -> int:
     f.write(chunk)
     return crc64(chunk, crc)
@@ -608,7 +678,5 @@ def _finish_file(f: IO[bytes], tmp: str, target: str) -> None:
 
 def _discard_file(f: IO[bytes], tmp: str) -> None:
     f.close()
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    except FileNotFoundError:
-        pass

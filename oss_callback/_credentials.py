@@ -61,5 +61,6 @@ class Credentials:
                 "missing OSS credentials: pass " + " and ".join(missing)
                 + " to the client, or set the environment variables"
             )
-        assert key_id is not None and secret is not None
+        assert key_id is not None
+        assert secret is not None
         return cls(access_key_id=key_id, access_key_secret=secret, security_token=token or None)

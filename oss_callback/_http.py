@@ -20,6 +20,7 @@ import httpx
 from ._body import Body, ProgressFn
 from ._credentials import Credentials
 from ._endpoint import Endpoint
+from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
 from ._errors import (
     InconsistentError,
     OSSError,
@@ -27,7 +28,6 @@ from ._errors import (
     ServiceError,
     make_service_error,
 )
-from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
 from ._retry import RetryPolicy
 from ._signing import sign_v1, sign_v4
 from ._version import __version__
@@ -256,7 +256,7 @@ class Session:
         if not isinstance(body, Body):
             return
         server = parse_crc(response.headers.get("x-oss-hash-crc64ecma"))
-        if server is None or body.sent != body.size and body.size is not None:
+        if server is None or (body.sent != body.size and body.size is not None):
             return
         if server != body.crc:
             raise InconsistentError(

@@ -11,7 +11,9 @@ from ._errors import InconsistentError, OSSError, RequestError, ServiceError
 __all__ = ["RetryPolicy"]
 
 #: OSS error codes worth another attempt whatever the status (the V2 SDK's list).
-RETRYABLE_CODES = frozenset({"RequestTimeTooSkewed", "BadRequest", "InternalError", "ServiceUnavailable"})
+RETRYABLE_CODES = frozenset(
+    {"RequestTimeTooSkewed", "BadRequest", "InternalError", "ServiceUnavailable"}
+)
 
 
 @attrs.frozen(kw_only=True)

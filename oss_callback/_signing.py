@@ -43,24 +43,27 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 #: Query parameters that V1 signs (CanonicalizedResource).  Same set as oss2, which is a
 #: superset of alibabacloud-oss-v2's; other parameters are not signed in V1.
 V1_SUBRESOURCES = frozenset(
-    """
-    acl uploads location cors logging website referer lifecycle delete append tagging objectMeta
-    uploadId partNumber security-token position img style styleName replication
-    replicationProgress replicationLocation cname bucketInfo comp qos live status vod startTime
-    endTime symlink x-oss-process response-content-type x-oss-traffic-limit
-    response-content-language response-expires response-cache-control
-    response-content-disposition response-content-encoding udf udfName udfImage udfId
-    udfImageDesc udfApplication udfApplicationLog restore callback callback-var qosInfo policy
-    stat encryption versions versioning versionId requestPayment x-oss-request-payer sequential
-    inventory inventoryId continuation-token asyncFetch worm wormId wormExtend
-    transferAcceleration group link objectInfo metaQuery x-oss-ac-source-ip
-    x-oss-ac-subnet-mask x-oss-ac-vpc-id x-oss-ac-forward-allow resourceGroup
-    x-oss-async-process regionList x-oss-write-get-object-response bucketArchiveDirectRead
-    httpsConfig redundancyTransition x-oss-target-redundancy-type
-    x-oss-redundancy-transition-taskid accessPoint accessPointPolicy publicAccessBlock
-    x-oss-access-point-name requesterQosInfo qosRequester resourcePoolInfo resourcePool
-    resourcePoolBuckets cloudboxes
-    """.split()
+    [
+        "acl", "uploads", "location", "cors", "logging", "website", "referer", "lifecycle",
+        "delete", "append", "tagging", "objectMeta", "uploadId", "partNumber", "security-token",
+        "position", "img", "style", "styleName", "replication", "replicationProgress",
+        "replicationLocation", "cname", "bucketInfo", "comp", "qos", "live", "status", "vod",
+        "startTime", "endTime", "symlink", "x-oss-process", "response-content-type",
+        "x-oss-traffic-limit", "response-content-language", "response-expires",
+        "response-cache-control", "response-content-disposition", "response-content-encoding",
+        "udf", "udfName", "udfImage", "udfId", "udfImageDesc", "udfApplication",
+        "udfApplicationLog", "restore", "callback", "callback-var", "qosInfo", "policy", "stat",
+        "encryption", "versions", "versioning", "versionId", "requestPayment",
+        "x-oss-request-payer", "sequential", "inventory", "inventoryId", "continuation-token",
+        "asyncFetch", "worm", "wormId", "wormExtend", "transferAcceleration", "group", "link",
+        "objectInfo", "metaQuery", "x-oss-ac-source-ip", "x-oss-ac-subnet-mask",
+        "x-oss-ac-vpc-id", "x-oss-ac-forward-allow", "resourceGroup", "x-oss-async-process",
+        "regionList", "x-oss-write-get-object-response", "bucketArchiveDirectRead",
+        "httpsConfig", "redundancyTransition", "x-oss-target-redundancy-type",
+        "x-oss-redundancy-transition-taskid", "accessPoint", "accessPointPolicy",
+        "publicAccessBlock", "x-oss-access-point-name", "requesterQosInfo", "qosRequester",
+        "resourcePoolInfo", "resourcePool", "resourcePoolBuckets", "cloudboxes",
+    ]
 )
 
 Query = Sequence[tuple[str, str]]
@@ -85,10 +88,7 @@ def format_v4_date(when: datetime) -> str:
 
 def v1_canonical_resource(bucket: str | None, key: str | None, query: Query) -> str:
     """``/bucket/key?sub&res=v``: key not encoded, sub-resources sorted, values decoded."""
-    if not bucket:
-        resource = "/"
-    else:
-        resource = f"/{bucket}/{key or ''}"
+    resource = "/" if not bucket else f"/{bucket}/{key or ''}"
     subs = sorted((k, v) for k, v in query if k in V1_SUBRESOURCES)
     if subs:
         resource += "?" + "&".join(f"{k}={v}" if v else k for k, v in subs)

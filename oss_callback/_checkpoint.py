@@ -1,0 +1,218 @@
+"""Checkpoint files for resumable uploads: versioned JSON with a checksum, written atomically.
+
+A checkpoint holds no secret: bucket, key, upload id, the source file's identity (path, size,
+mtime, inode), the part size, per-part number/offset/size/etag/crc64, and digests of the
+callback and headers.  It is written to a temp file, fsynced, and ``os.replace``-d over the
+old one after every completed part, with mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Checkpoint",
+    "FileIdentity",
+    "PartRecord",
+    "default_checkpoint_path",
+]
+
+FORMAT = "oss_callback.resumable_upload"
+VERSION = 1
+MAX_CHECKPOINT_BYTES = 8 * 1024 * 1024  # 10,000 parts fit comfortably
+
+
+@attrs.frozen(kw_only=True)
+class FileIdentity:
+    """What proves the source file unchanged between runs."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str) -> FileIdentity:
+        st = os.stat(path)
+        return cls(path=os.path.abspath(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                   inode=st.st_ino)
+
+
+@attrs.frozen(kw_only=True)
+class PartRecord:
+    """One completed part."""
+
+    number: int
+    offset: int
+    size: int
+    etag: str
+    crc64: int
+
+
+@attrs.define(kw_only=True)
+class Checkpoint:
+    """The state of one resumable upload (mutable: parts are added as they complete)."""
+
+    endpoint: str
+    bucket: str
+    key: str
+    upload_id: str
+    file: FileIdentity
+    part_size: int
+    headers_digest: str
+    callback_digest: str | None
+    parts: dict[int, PartRecord] = attrs.field(factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "bucket": self.bucket,
+            "key": self.key,
+            "upload_id": self.upload_id,
+            "file": attrs.asdict(self.file),
+            "part_size": self.part_size,
+            "headers_digest": self.headers_digest,
+            "callback_digest": self.callback_digest,
+            "parts": [attrs.asdict(p) for _, p in sorted(self.parts.items())],
+        }
+
+    def encode(self) -> bytes:
+        """The file's bytes: ``{"format", "version", "checksum", "payload"}``."""
+        return encode_payload(self.to_payload())
+
+    @classmethod
+    def decode(cls, data: bytes, path: str = "<checkpoint>") -> Checkpoint:
+        """Parse and verify; :class:`CheckpointError` says what is wrong and what to do."""
+        return _decode(cls, data, path)
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """Encode a :meth:`Checkpoint.to_payload` snapshot (safe to call from a worker thread)."""
+    return json.dumps(
+        {"format": FORMAT, "version": VERSION, "checksum": _checksum(payload),
+         "payload": payload},
+        indent=1,
+    ).encode()
+
+
+def _decode(cls: type[Checkpoint], data: bytes, path: str) -> Checkpoint:
+    delete_hint = f"delete {path} to start the upload over"
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise CheckpointError(f"checkpoint {path} is corrupt (not JSON); {delete_hint}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not an oss_callback resumable-upload checkpoint; pass another "
+            "checkpoint_file= or delete it"
+        )
+    version = doc.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a newer oss_callback (format version "
+            f"{version}, this one reads {VERSION}); upgrade oss_callback or {delete_hint}"
+        )
+    payload = doc.get("payload")
+    if not isinstance(payload, dict) or doc.get("checksum") != _checksum(payload):
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); {delete_hint}")
+    try:
+        return cls(
+            endpoint=str(payload["endpoint"]),
+            bucket=str(payload["bucket"]),
+            key=str(payload["key"]),
+            upload_id=str(payload["upload_id"]),
+            file=FileIdentity(**payload["file"]),
+            part_size=int(payload["part_size"]),
+            headers_digest=str(payload["headers_digest"]),
+            callback_digest=payload["callback_digest"],
+            parts={int(p["number"]): PartRecord(**p) for p in payload["parts"]},
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is malformed ({e}); {delete_hint}") from None
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def state_dir() -> Path:
+    """The per-user folder for checkpoints (``$OSS_CALLBACK_STATE_DIR`` overrides)."""
+    override = os.environ.get("OSS_CALLBACK_STATE_DIR")
+    if override:
+        return Path(override)
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / "oss_callback" / "checkpoints"
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "oss_callback" / "checkpoints"
+
+
+def default_checkpoint_path(endpoint: str, bucket: str, key: str, file_path: str) -> str:
+    """A stable per-(endpoint, bucket, key, file) path in :func:`state_dir`."""
+    ident = "\n".join([endpoint, bucket, key, os.path.abspath(file_path)])
+    name = hashlib.sha256(ident.encode()).hexdigest()[:40] + ".json"
+    return str(state_dir() / name)
+
+
+def read_checkpoint(path: str) -> Checkpoint | None:
+    """The checkpoint at ``path``, ``None`` if there is none; :class:`CheckpointError` if bad."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CHECKPOINT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint_file {path} is a directory; give a file path") from None
+    except PermissionError:
+        raise CheckpointError(f"checkpoint {path} is not readable; fix its permissions") from None
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path} is too large to be a checkpoint; delete it or pass another")
+    return Checkpoint.decode(data, path)
+
+
+def write_checkpoint(path: str, checkpoint: Checkpoint | dict[str, Any]) -> None:
+    """Atomically replace ``path`` (temp file + fsync + ``os.replace``), mode 0600.
+
+    ``checkpoint`` may be a :meth:`Checkpoint.to_payload` snapshot (taken on the event loop,
+    so that encoding in a worker thread never races with parts being added).
+    """
+    data = checkpoint.encode() if isinstance(checkpoint, Checkpoint) else encode_payload(checkpoint)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete the checkpoint if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
