@@ -250,9 +250,9 @@ def make_body(data: object, file: str | os.PathLike[str] | None) -> Body:
     if isinstance(data, io.TextIOBase):
         raise TypeError("open the file in binary mode ('rb'); text file objects can't be uploaded")
     if hasattr(data, "read"):
-        return FileObjBody(data)
+        return FileObjBody(data)  # type: ignore[arg-type]  # duck-typed binary file
     if isinstance(data, AsyncIterable | Iterable) and not isinstance(data, dict):
-        return IterBody(data)  # type: ignore[arg-type]
+        return IterBody(data)
     raise TypeError(
         "data must be bytes, str, a binary file object or an (async) iterable of bytes, "
         f"not {type(data).__name__}; to upload a file by path use file=..."

@@ -1,0 +1,297 @@
+"""The ``oss-callback`` command line: ``demo``, ``upload`` and ``emulator``.
+
+Exit codes: 0 success; 1 the upload failed; 2 bad usage or input; 3 the object was stored
+but its callback failed (HTTP 203); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import anyio
+
+from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
+from ._errors import CallbackError, OSSError
+from ._models import PutObjectResult
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CALLBACK_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6,
+          "mb": 10**6, "mi": 1024**2, "mib": 1024**2, "g": 10**9, "gb": 10**9,
+          "gi": 1024**3, "gib": 1024**3, "t": 10**12, "tb": 10**12, "ti": 1024**4,
+          "tib": 1024**4}
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs (exit code 2)."""
+
+
+def parse_size(text: str) -> int:
+    """``8MiB``, ``8M`` (decimal), ``100KiB``, ``1048576`` -> bytes."""
+    m = _SIZE.match(text)
+    if not m or (m.group(2) or "").lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 8MiB, 100KiB, 1048576")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def parse_oss_url(text: str) -> tuple[str, str]:
+    """``oss://bucket/key`` -> ``(bucket, key)``."""
+    m = re.match(r"^oss://([^/]+)/(.+)$", text)
+    if not m:
+        raise UsageError(
+            f"bad destination {text!r}: write it as oss://BUCKET/KEY (e.g. oss://my-bucket/dir/file.bin)"
+        )
+    return m.group(1), m.group(2)
+
+
+def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or ():
+        if "=" not in item:
+            raise UsageError(f"{what} {item!r} must be written K=V")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oss-callback",
+        description="Alibaba Cloud OSS uploads with upload callbacks (and a local OSS emulator).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser(
+        "demo",
+        help="run the whole flow on an embedded emulator and a local callback server",
+        description="Start the embedded OSS emulator and a callback receiver, upload a "
+        "multi-part file with a callback, and show what each side saw.",
+    )
+
+    up = sub.add_parser(
+        "upload",
+        help="upload a file (resumable, concurrent) with an optional callback",
+        description="Upload PATH to oss://BUCKET/KEY. Credentials come from "
+        "OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET (and OSS_SESSION_TOKEN). Rerun the same "
+        "command to resume an interrupted upload.",
+    )
+    up.add_argument("path", metavar="PATH")
+    up.add_argument("destination", metavar="oss://BUCKET/KEY")
+    up.add_argument("--endpoint", default=os.environ.get("OSS_ENDPOINT"),
+                    help="e.g. https://oss-cn-hangzhou.aliyuncs.com (default: $OSS_ENDPOINT)")
+    up.add_argument("--region", default=os.environ.get("OSS_REGION"),
+                    help="region for V4 signing when the endpoint doesn't tell it")
+    up.add_argument("--signature-version", choices=("v4", "v1"), default="v4")
+    up.add_argument("--callback-url", help="URL OSS POSTs to after the upload")
+    up.add_argument("--callback-body", default=None,
+                    help="body template, e.g. 'bucket=${bucket}&object=${object}&size=${size}'")
+    up.add_argument("--callback-body-type", choices=("form", "json"), default="form")
+    up.add_argument("--callback-query", action="append", metavar="K=V",
+                    help="query parameter for the callback URL (repeatable)")
+    up.add_argument("--callback-var", action="append", metavar="x:NAME=V",
+                    help="custom callback variable (repeatable)")
+    up.add_argument("--callback-host", help="Host header of the callback request")
+    up.add_argument("--part-size", type=parse_size, metavar="SIZE", help="e.g. 8MiB")
+    up.add_argument("--concurrency", type=int, metavar="N", help="parts in flight")
+    up.add_argument("--checkpoint-file", metavar="PATH")
+    up.add_argument("--no-checkpoint", action="store_true", help="don't record progress")
+    up.add_argument("--content-type", help="Content-Type of the object")
+    up.add_argument("--json", action="store_true", help="print the result as JSON")
+    up.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sub.add_parser(
+        "emulator",
+        help="run a local OSS emulator (for tests and development)",
+        add_help=False,
+        description="oss-callback emulator [--host H] [--port P] [--data-dir DIR] "
+        "[--region R] [--bucket NAME ...] [--access-key-id ID] [--access-key-secret SECRET]",
+    )
+    return parser
+
+
+def _result_dict(result: PutObjectResult) -> dict[str, Any]:
+    body = result.callback_body
+    return {
+        "key": result.key,
+        "etag": result.etag,
+        "crc64": result.crc64,
+        "request_id": result.request_id,
+        "version_id": result.version_id,
+        "upload_id": result.upload_id,
+        "size": result.size,
+        "callback_status": result.callback_status,
+        "callback_body": body.decode("utf-8", "replace") if body is not None else None,
+    }
+
+
+class _Progress:
+    """A rich progress bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, label: str, stream: TextIO, quiet: bool) -> None:
+        self.label = label
+        self.stream = stream
+        self.quiet = quiet
+        self._rich: Any = None
+        self._task: Any = None
+        self._last = 0.0
+        self._last_pct = -1
+
+    def __enter__(self) -> Callable[[int, int | None], None]:
+        if self.quiet:
+            return lambda done, total: None
+        if self.stream.isatty():
+            try:
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+            except ImportError:
+                pass
+            else:
+                self._rich = Progress(
+                    "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=None, transient=False,
+                )
+                self._rich.__enter__()
+                self._task = self._rich.add_task(self.label, total=None)
+        return self.update
+
+    def update(self, done: int, total: int | None) -> None:
+        if self._rich is not None:
+            self._rich.update(self._task, completed=done, total=total)
+            return
+        now = time.monotonic()
+        pct = int(done * 100 / total) if total else 0
+        if done == total or now - self._last >= 1.0 or pct >= self._last_pct + 10:
+            if pct == self._last_pct and done != total:
+                return
+            self._last, self._last_pct = now, pct
+            print(f"{self.label}: {done}/{total if total is not None else '?'} bytes ({pct}%)",
+                  file=self.stream, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rich is not None:
+            self._rich.__exit__(None, None, None)
+
+
+async def _upload(args: argparse.Namespace) -> int:
+    from ._client import AsyncClient
+
+    bucket_name, key = parse_oss_url(args.destination)
+    if not args.endpoint:
+        raise UsageError("no endpoint: pass --endpoint URL or set OSS_ENDPOINT")
+    callback = None
+    try:
+        if args.callback_url:
+            body = args.callback_body or (
+                "bucket=${bucket}&object=${object}&etag=${etag}&size=${size}&crc64=${crc64}"
+                if args.callback_body_type == "form"
+                else '{"bucket":${bucket},"object":${object},"etag":${etag},"size":${size}}'
+            )
+            callback = Callback(
+                args.callback_url,
+                query=_pairs(args.callback_query, "--callback-query"),
+                body=body,
+                body_type=FORM_BODY_TYPE if args.callback_body_type == "form" else JSON_BODY_TYPE,
+                host=args.callback_host,
+                variables=_pairs(args.callback_var, "--callback-var"),
+            )
+        elif args.callback_body or args.callback_query or args.callback_var:
+            raise UsageError("--callback-body/--callback-query/--callback-var need --callback-url")
+        client = AsyncClient(args.endpoint, region=args.region,
+                             signature_version=args.signature_version)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    headers = {"Content-Type": args.content_type} if args.content_type else None
+    async with client:
+        bucket = client.get_bucket(bucket_name)
+        with _Progress(f"oss://{bucket_name}/{key}", sys.stderr,
+                       args.quiet or args.json) as progress:
+            try:
+                result = await bucket.resumable_upload(
+                    key, args.path, callback=callback, part_size=args.part_size,
+                    concurrency=args.concurrency, checkpoint_file=args.checkpoint_file,
+                    disable_checkpoint=args.no_checkpoint, headers=headers, progress=progress,
+                )
+            except CallbackError as e:
+                if args.json:
+                    print(json.dumps({"ok": False, "stored": True, "error": str(e),
+                                      "result": _result_dict(e.result)}))
+                else:
+                    print(f"oss-callback: stored, but the callback failed: {e}",
+                          file=sys.stderr)
+                return EXIT_CALLBACK_FAILED
+    if args.json:
+        print(json.dumps({"ok": True, "stored": True, "result": _result_dict(result)}))
+    else:
+        print(f"uploaded oss://{bucket_name}/{key}: etag={result.etag} crc64={result.crc64} "
+              f"request_id={result.request_id}")
+        if result.callback_body is not None:
+            print(f"callback answered: {result.callback_body.decode('utf-8', 'replace')}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``oss-callback`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # The emulator parses its own options.
+    rest = [a for a in args_list if a != "--debug"]
+    if rest[:1] == ["emulator"]:
+        from .testing._cli import main_emulator
+
+        return main_emulator(rest[1:])
+    parser = _build_parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return run_demo()
+        if not os.path.isfile(args.path):
+            what = "is a directory" if os.path.isdir(args.path) else "does not exist"
+            raise UsageError(f"{args.path} {what}: give the path of a file to upload")
+        return anyio.run(_upload, args)
+    except KeyboardInterrupt:
+        print("oss-callback: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"oss-callback: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSSError, OSError, ValueError, TypeError) as e:
+        if args.debug:
+            raise
+        print(f"oss-callback: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
