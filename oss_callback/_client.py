@@ -587,6 +587,34 @@ class AsyncBucket:
         await self._session.request("DELETE", self.name, key, query=[("uploadId", upload_id)],
                                     ok=(204, 200))
 
+    async def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """``(key, upload_id)`` of every unfinished multipart upload (optionally by prefix).
+
+        Useful to find uploads left behind by crashed runs (their parts are billed).
+        """
+        uploads: list[tuple[str, str]] = []
+        key_marker = upload_marker = ""
+        for _ in range(100_000):
+            query = [("uploads", ""), ("max-uploads", "1000")]
+            if prefix:
+                query.append(("prefix", prefix))
+            if key_marker:
+                query.append(("key-marker", key_marker))
+            if upload_marker:
+                query.append(("upload-id-marker", upload_marker))
+            _, content = await self._session.request("GET", self.name, None, query=query)
+            node = parse_xml(content, "ListMultipartUploadsResult", "ListMultipartUploads")
+            for u in node.children("Upload"):
+                uploads.append((u.key_text("Key", "ListMultipartUploads"),
+                                u.required("UploadId", "ListMultipartUploads")))
+            if (node.text("IsTruncated") or "false").lower() != "true":
+                break
+            key_marker = node.text("NextKeyMarker") or ""
+            upload_marker = node.text("NextUploadIdMarker") or ""
+            if not key_marker and not upload_marker:
+                break
+        return uploads
+
     async def list_parts(self, key: str, upload_id: str) -> ListPartsResult:
         """Every uploaded part of a multipart upload (pages followed), in part order."""
         validate_key(key)

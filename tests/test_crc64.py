@@ -168,7 +168,7 @@ def test_combine_large_len2_matches_zero_extension():
 # --------------------------------------------------------------------------- properties
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(
     data=st.binary(max_size=3000),
     cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=6),
@@ -187,7 +187,7 @@ def test_property_combine_over_random_splits(data, cuts):
     assert h.length == len(data)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(a=st.binary(max_size=500), b=st.binary(max_size=500))
 def test_property_combine_two(a, b):
     assert crc64_combine(crc64(a), crc64(b), len(b)) == reference(a + b)

@@ -259,7 +259,8 @@ def _random_headers(rng: random.Random, *, v1: bool) -> dict[str, str]:
 def _random_now(rng: random.Random) -> datetime:
     ts = rng.randint(1_400_000_000, 2_100_000_000)
     tz = timezone(timedelta(minutes=rng.choice([0, 0, 480, -300, 330, 765, -720])))
-    return datetime.fromtimestamp(ts, tz)
+    micro = rng.choice([0, 0, 1, 499_999, 500_000, 999_999])  # never rounds up a second
+    return datetime.fromtimestamp(ts, tz).replace(microsecond=micro)
 
 
 def _random_creds(rng: random.Random) -> Credentials:

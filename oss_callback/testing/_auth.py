@@ -52,6 +52,11 @@ class CredentialStore:
         with self._lock:
             self._keys[access_key_id] = _Key(secret=secret, token=token)
 
+    def clear(self) -> None:
+        """Accept no key at all."""
+        with self._lock:
+            self._keys.clear()
+
     def remove(self, access_key_id: str) -> None:
         """Stop accepting a key."""
         with self._lock:

@@ -1,0 +1,584 @@
+"""The synchronous facade: :class:`Client` and :class:`Bucket` over the async core.
+
+Each :class:`Client` (or :class:`Bucket` built directly) starts one event loop in a thread of
+its own (an :class:`anyio.from_thread.BlockingPortal`). Its :class:`AsyncClient`, and so the
+pooled :class:`httpx.AsyncClient`, is created inside that loop and lives there until
+:meth:`Client.close`. Every sync method runs the async method of the same name as a task in
+that loop and blocks the calling thread until it finishes, so:
+
+* the facade only delegates: same names, signatures, docstrings, results and exception
+  objects as :class:`AsyncClient`/:class:`AsyncBucket`; no retries, validation or policy;
+* any number of threads may share one client or bucket (their calls run concurrently in the
+  loop and share the connection pool);
+* an exception raised in the calling thread while it waits (``KeyboardInterrupt`` from
+  Ctrl-C, or any other) cancels the task in the loop and waits for its cleanup before it
+  propagates: nothing keeps uploading in the background, and an interrupted
+  ``resumable_upload`` resumes from its checkpoint next time;
+* progress callbacks run on the loop thread: keep them short, and don't call the sync API
+  from them (that raises ``RuntimeError`` instead of deadlocking);
+* it works when called from a thread that runs an asyncio loop of its own (a notebook
+  cell); that loop is blocked while the call runs. In async code, prefer the async classes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import threading
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import IO, Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.from_thread
+import httpx
+
+from ._body import ProgressFn
+from ._callback import Callback
+from ._client import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, AsyncBucket, AsyncClient
+from ._models import (
+    HeadObjectResult,
+    InitiateMultipartUploadResult,
+    ListPartsResult,
+    PartInfo,
+    PutObjectResult,
+    UploadPartResult,
+)
+from ._retry import RetryPolicy
+
+__all__ = ["Bucket", "Client"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long close() lets cancelled in-flight calls clean up before closing the pool anyway
+#: (the core bounds its own shielded cleanup well below this).
+_CLOSE_GRACE = 60.0
+
+
+def _same_doc(async_method: Callable[..., Any]) -> Callable[[F], F]:
+    """Give the sync method the async method's docstring: one docstring serves both."""
+
+    def apply(method: F) -> F:
+        method.__doc__ = async_method.__doc__
+        return method
+
+    return apply
+
+
+class _Raised:
+    """A ``BaseException`` (not cancellation) raised in the loop, carried to the caller.
+
+    Letting ``SystemExit``/``KeyboardInterrupt`` raised by user code on the loop thread (a
+    progress callback) escape the task would tear the portal's task group down.
+    """
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Portal:
+    """One event loop in its own thread, the calls in flight on it, and its lifecycle.
+
+    Shared by a :class:`Client` and the buckets it hands out. Attributes named ``_loop_*``
+    are touched only on the loop thread; ``_closed`` is guarded by ``_lock``.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop_closing = False
+        self._loop_scopes: set[anyio.CancelScope] = set()
+        self._loop_idle: anyio.Event | None = None
+        self._cm = anyio.from_thread.start_blocking_portal(name="oss-callback-portal")
+        self._portal = self._cm.__enter__()
+        try:
+            self.loop_thread: int = self._portal.call(threading.get_ident)
+        except BaseException:
+            self._stop()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -------------------------------------------------------------- checks
+
+    def check(self, method: str) -> None:
+        """Refuse a call that can't work: closed, after fork, or from the loop thread."""
+        if os.getpid() != self.pid:
+            raise RuntimeError(
+                f"this {self.owner} was created in process {self.pid} and can't be used after "
+                f"os.fork(): create a new {self.owner} in the child process"
+            )
+        if self._closed:
+            raise RuntimeError(
+                f"this {self.owner} is closed; create a new one (or keep using it inside its "
+                "'with' block)"
+            )
+        if threading.get_ident() == self.loop_thread:
+            raise RuntimeError(
+                f"{method}() was called on the {self.owner}'s own event loop thread (from a "
+                "progress callback?), where it would deadlock; in async code use "
+                "AsyncClient/AsyncBucket and await their methods"
+            )
+
+    def _closed_while_running(self, method: str) -> RuntimeError:
+        return RuntimeError(
+            f"{method}() was cancelled because the {self.owner} was closed while it ran; "
+            f"close the {self.owner} only after the calls using it have returned"
+        )
+
+    # -------------------------------------------------------------- calls
+
+    def run_sync(self, fn: Callable[[], T]) -> T:
+        """Run a plain callable on the loop thread (to build objects that belong there)."""
+        self.check(getattr(fn, "__name__", "call"))
+        return self._portal.call(fn)
+
+    def call(
+        self, method: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` as a task in the loop; block until it is done.
+
+        The task's result or exception (the very same object) is returned or raised. If this
+        thread is interrupted while waiting, the task is cancelled and its cancellation is
+        waited for before the interruption propagates.
+        """
+        self.check(method)
+        finished = threading.Event()
+        abandoned = threading.Event()
+
+        async def run() -> T | _Raised:
+            try:
+                if self._loop_closing:
+                    raise self._closed_while_running(method)
+                if abandoned.is_set():
+                    # The caller was interrupted while the task was being spawned.
+                    return _Raised(RuntimeError(f"{method}() was abandoned"))
+                with anyio.CancelScope() as scope:
+                    self._loop_scopes.add(scope)
+                    try:
+                        return await fn(*args, **kwargs)
+                    except Exception:
+                        raise
+                    except BaseException as exc:
+                        if isinstance(exc, anyio.get_cancelled_exc_class()):
+                            raise
+                        return _Raised(exc)
+                    finally:
+                        self._loop_scopes.discard(scope)
+                        if not self._loop_scopes and self._loop_idle is not None:
+                            self._loop_idle.set()
+                # Only reached when close() cancelled this scope.
+                raise self._closed_while_running(method)
+            finally:
+                finished.set()
+
+        future: concurrent.futures.Future[T | _Raised] | None = None
+        try:
+            future = self._portal.start_task_soon(run, name=f"oss_callback {method}")
+            outcome = future.result()
+        except concurrent.futures.CancelledError:
+            if future is None or not future.cancelled():
+                raise
+            # Cancelled by the loop itself: only the portal shutting down does that.
+            raise self._closed_while_running(method) from None
+        except BaseException:
+            if future is None:
+                abandoned.set()
+            elif not future.done():
+                # Interrupted while waiting (Ctrl-C, an exception from a signal handler):
+                # cancel the task and wait until its cleanup is over, so nothing keeps
+                # running in the background. A second interruption stops the wait.
+                future.cancel()
+                finished.wait()
+            raise
+        if isinstance(outcome, _Raised):
+            raise outcome.exc
+        return outcome
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close(self, aclose: Callable[[], Awaitable[None]]) -> None:
+        """Cancel calls in flight, ``await aclose()`` in the loop, stop the loop thread."""
+        if os.getpid() != self.pid:
+            # A forked child: the loop thread and its sockets exist only in the parent.
+            self._closed = True
+            return
+        if threading.get_ident() == self.loop_thread and not self._closed:
+            raise RuntimeError(
+                f"close() was called on the {self.owner}'s own event loop thread, where it "
+                "would deadlock; close it from the thread that uses it"
+            )
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._portal.call(self._loop_shutdown, aclose)
+        finally:
+            self._stop()
+
+    def abandon(self) -> None:
+        """Stop the loop thread without closing anything in it (failed construction)."""
+        with self._lock:
+            self._closed = True
+        self._stop()
+
+    def _stop(self) -> None:
+        self._cm.__exit__(None, None, None)  # stops the portal and joins its thread
+
+    async def _loop_shutdown(self, aclose: Callable[[], Awaitable[None]]) -> None:
+        self._loop_closing = True
+        if self._loop_scopes:
+            self._loop_idle = anyio.Event()
+            for scope in list(self._loop_scopes):
+                scope.cancel()
+            with anyio.move_on_after(_CLOSE_GRACE, shield=True):
+                await self._loop_idle.wait()
+        await aclose()
+
+
+class Client:
+    """A synchronous OSS client: :class:`AsyncClient`'s API without ``await``.
+
+    It runs an :class:`AsyncClient` on an event loop in a thread of its own; the pooled
+    connections live there until :meth:`close`. One client may be shared by any number of
+    threads. Use it as ``with Client(...) as client:`` or call :meth:`close`.
+
+    Args:
+        endpoint: ``https://oss-cn-hangzhou.aliyuncs.com``, ``http://127.0.0.1:9000`` or a bare
+            host (https assumed).
+        access_key_id: ``None`` reads ``OSS_ACCESS_KEY_ID``.
+        access_key_secret: ``None`` reads ``OSS_ACCESS_KEY_SECRET``.
+        security_token: the STS token; ``None`` reads ``OSS_SESSION_TOKEN`` (optional).
+        region: e.g. ``cn-hangzhou``; derived from OSS endpoints. V4 needs it.
+        signature_version: ``"v4"`` (default) or ``"v1"``.
+        path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
+            ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
+        timeout: an :class:`httpx.Timeout` or seconds.
+        retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
+        max_connections: size of the connection pool.
+        transport: an httpx transport to use instead of the network (tests:
+            :class:`httpx.MockTransport`); it is used on the client's event loop thread.
+
+    Raises:
+        ValueError: bad endpoint, missing credentials, or V4 without a derivable region.
+        RuntimeError: a method was called after :meth:`close`, after ``os.fork()`` in the
+            child, or from the client's own event loop thread (a progress callback).
+    """
+
+    _portal: _Portal
+    _async: AsyncClient
+    _warn_unclosed: bool
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+        *,
+        security_token: str | None = None,
+        region: str | None = None,
+        signature_version: str = "v4",
+        path_style: bool | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        portal = _Portal("Client")
+        try:
+            # Built on the loop thread: the pooled httpx.AsyncClient belongs to that loop.
+            async_client = portal.run_sync(functools.partial(
+                AsyncClient, endpoint, access_key_id, access_key_secret,
+                security_token=security_token, region=region,
+                signature_version=signature_version, path_style=path_style, timeout=timeout,
+                retry=retry, max_connections=max_connections, transport=transport,
+            ))
+        except BaseException:
+            portal.abandon()
+            raise
+        self._setup(portal, async_client, warn_unclosed=True)
+
+    def _setup(self, portal: _Portal, async_client: AsyncClient, *, warn_unclosed: bool) -> None:
+        self._portal = portal
+        self._async = async_client
+        self._warn_unclosed = warn_unclosed
+
+    @classmethod
+    def _wrap(cls, portal: _Portal, async_client: AsyncClient) -> Client:
+        """The sync client of a :class:`Bucket` that owns its client (it warns, not this)."""
+        client = cls.__new__(cls)
+        client._setup(portal, async_client, warn_unclosed=False)
+        return client
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint as ``scheme://host[:port]``."""
+        return self._async.endpoint
+
+    @property
+    def region(self) -> str | None:
+        """The region used for V4 signing."""
+        return self._async.region
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._portal.closed
+
+    def __repr__(self) -> str:
+        inner = repr(self._async)
+        closed = " closed" if self.is_closed and not inner.endswith(" closed>") else ""
+        return "<Client" + inner[len("<AsyncClient"):-1] + closed + ">"
+
+    def get_bucket(self, name: str) -> Bucket:
+        """A :class:`Bucket` that shares this client's connection pool and event loop."""
+        return Bucket._wrap(self, self._async.get_bucket(name))
+
+    def close(self) -> None:
+        """Close the connection pool and stop the event loop thread. Idempotent.
+
+        Calls still running in other threads are cancelled and raise ``RuntimeError``.
+        """
+        self._portal.close(self._async.aclose)
+
+    def __enter__(self) -> Client:
+        self._portal.check("Client.__enter__")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Only a warning: no I/O, no joining threads from whatever thread runs the GC.
+        portal: _Portal | None = getattr(self, "_portal", None)
+        if (
+            portal is not None
+            and getattr(self, "_warn_unclosed", False)
+            and not portal.closed
+            and portal.pid == os.getpid()
+        ):
+            warnings.warn(
+                f"{self!r} was not closed; use 'with Client(...)' or call close()",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+class Bucket:
+    """Operations on one bucket, synchronously: :class:`AsyncBucket`'s API without ``await``.
+
+    Get one from :meth:`Client.get_bucket` (shares the client's pool), or build it directly
+    with the same arguments as :class:`Client` plus the bucket name; it then owns its client
+    and is closed with ``with``/:meth:`close`. Safe to share between threads.
+
+    Progress callbacks run on the client's event loop thread, not on the calling thread; if
+    one raises, the operation stops with that exception.
+    """
+
+    name: str
+    client: Client
+    _async: AsyncBucket
+    _owns_client: bool
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str | None = None,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+        *,
+        client: Client | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        if client is None:
+            portal = _Portal("Bucket")
+            try:
+                async_bucket = portal.run_sync(functools.partial(
+                    AsyncBucket, name, endpoint, access_key_id, access_key_secret,
+                    **client_kwargs,
+                ))
+            except BaseException:
+                portal.abandon()
+                raise
+            self._setup(Client._wrap(portal, async_bucket.client), async_bucket, owns=True)
+        else:
+            if not isinstance(client, Client):
+                raise TypeError(
+                    f"client must be an oss_callback.Client, got {type(client).__name__} "
+                    "(with an AsyncClient, use AsyncBucket)"
+                )
+            async_bucket = AsyncBucket(name, endpoint, access_key_id, access_key_secret,
+                                       client=client._async, **client_kwargs)
+            self._setup(client, async_bucket, owns=False)
+
+    def _setup(self, client: Client, async_bucket: AsyncBucket, *, owns: bool) -> None:
+        self.name = async_bucket.name
+        self.client = client
+        self._async = async_bucket
+        self._portal = client._portal
+        self._owns_client = owns
+
+    @classmethod
+    def _wrap(cls, client: Client, async_bucket: AsyncBucket) -> Bucket:
+        bucket = cls.__new__(cls)
+        bucket._setup(client, async_bucket, owns=False)
+        return bucket
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.name!r} at {self.client.endpoint!r}>"
+
+    def close(self) -> None:
+        """Close the client if this bucket owns it (a no-op for ``client.get_bucket``)."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> Bucket:
+        self._portal.check("Bucket.__enter__")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        portal: _Portal | None = getattr(self, "_portal", None)
+        if (
+            portal is not None
+            and getattr(self, "_owns_client", False)
+            and not portal.closed
+            and portal.pid == os.getpid()
+        ):
+            warnings.warn(
+                f"{self!r} was not closed; use 'with Bucket(...)' or call close()",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ objects
+
+    @_same_doc(AsyncBucket.put_object)
+    def put_object(
+        self,
+        key: str,
+        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        callback: Callback | None = None,
+        headers: Mapping[str, str] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> PutObjectResult:
+        return self._portal.call(
+            "put_object", self._async.put_object, key, data, file=file, callback=callback,
+            headers=headers, progress=progress,
+        )
+
+    @_same_doc(AsyncBucket.get_object)
+    def get_object(self, key: str, *, byte_range: tuple[int, int | None] | None = None,
+                   ) -> bytes:
+        return self._portal.call("get_object", self._async.get_object, key,
+                                 byte_range=byte_range)
+
+    @_same_doc(AsyncBucket.get_object_to_file)
+    def get_object_to_file(
+        self, key: str, path: str | os.PathLike[str], *, progress: ProgressFn | None = None
+    ) -> HeadObjectResult:
+        return self._portal.call("get_object_to_file", self._async.get_object_to_file, key,
+                                 path, progress=progress)
+
+    @_same_doc(AsyncBucket.head_object)
+    def head_object(self, key: str) -> HeadObjectResult:
+        return self._portal.call("head_object", self._async.head_object, key)
+
+    @_same_doc(AsyncBucket.object_exists)
+    def object_exists(self, key: str) -> bool:
+        return self._portal.call("object_exists", self._async.object_exists, key)
+
+    @_same_doc(AsyncBucket.delete_object)
+    def delete_object(self, key: str) -> None:
+        return self._portal.call("delete_object", self._async.delete_object, key)
+
+    @_same_doc(AsyncBucket.resumable_upload)
+    def resumable_upload(
+        self,
+        key: str,
+        path: str | os.PathLike[str],
+        *,
+        callback: Callback | None = None,
+        part_size: int | None = None,
+        concurrency: int | None = None,
+        checkpoint_file: str | os.PathLike[str] | None = None,
+        disable_checkpoint: bool = False,
+        headers: Mapping[str, str] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> PutObjectResult:
+        return self._portal.call(
+            "resumable_upload", self._async.resumable_upload, key, path, callback=callback,
+            part_size=part_size, concurrency=concurrency, checkpoint_file=checkpoint_file,
+            disable_checkpoint=disable_checkpoint, headers=headers, progress=progress,
+        )
+
+    # ------------------------------------------------------------------ multipart
+
+    @_same_doc(AsyncBucket.initiate_multipart_upload)
+    def initiate_multipart_upload(
+        self, key: str, *, headers: Mapping[str, str] | None = None
+    ) -> InitiateMultipartUploadResult:
+        return self._portal.call("initiate_multipart_upload",
+                                 self._async.initiate_multipart_upload, key, headers=headers)
+
+    @_same_doc(AsyncBucket.upload_part)
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        *,
+        progress: ProgressFn | None = None,
+    ) -> UploadPartResult:
+        return self._portal.call("upload_part", self._async.upload_part, key, upload_id,
+                                 part_number, data, progress=progress)
+
+    @_same_doc(AsyncBucket.complete_multipart_upload)
+    def complete_multipart_upload(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Iterable[UploadPartResult | PartInfo | tuple[int, str]],
+        *,
+        callback: Callback | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PutObjectResult:
+        return self._portal.call(
+            "complete_multipart_upload", self._async.complete_multipart_upload, key,
+            upload_id, parts, callback=callback, headers=headers,
+        )
+
+    @_same_doc(AsyncBucket.abort_multipart_upload)
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        return self._portal.call("abort_multipart_upload", self._async.abort_multipart_upload,
+                                 key, upload_id)
+
+    @_same_doc(AsyncBucket.list_parts)
+    def list_parts(self, key: str, upload_id: str) -> ListPartsResult:
+        return self._portal.call("list_parts", self._async.list_parts, key, upload_id)

@@ -1,0 +1,440 @@
+"""OSSEmulator: the ASGI app under uvicorn, on its own thread and event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio.to_thread
+
+from ._app import EmulatorApp
+from ._auth import CredentialStore
+from ._callbacks import public_key_pem
+from ._faults import FaultInjector
+from ._records import CallbackRecord, RequestRecord, StsCredentials
+from ._store import Store, StoredObject
+
+__all__ = ["DEFAULT_ACCESS_KEY_ID", "DEFAULT_ACCESS_KEY_SECRET", "OSSEmulator"]
+
+#: The access key every emulator accepts unless told otherwise (test values, not secrets).
+DEFAULT_ACCESS_KEY_ID = "LTAI-oss-emulator"
+DEFAULT_ACCESS_KEY_SECRET = "oss-emulator-secret"  # noqa: S105 - a well-known test value
+
+_BUCKET_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is an optional speed-up
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def _http_impl() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return "h11"
+    return "httptools"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class OSSEmulator:
+    """A local Alibaba Cloud OSS: a real HTTP server on 127.0.0.1 speaking OSS's protocol.
+
+    It authenticates V1/V4 (and STS) requests strictly, stores objects on disk (streamed,
+    with MD5 and CRC-64 computed on the fly), runs multipart uploads, and performs upload
+    callbacks exactly as OSS does (signed with its own RSA key, :attr:`public_key_pem`).
+    Tests can inject faults (:attr:`faults`) and inspect what it saw (:attr:`requests`,
+    :attr:`callbacks`).
+
+    Use it as a context manager, sync or async (the server always runs on a background
+    thread with its own event loop, so it never blocks the caller's loop)::
+
+        with OSSEmulator(buckets=["examplebucket"]) as emu:
+            client = Client(endpoint=emu.endpoint, region=emu.region,
+                            access_key_id=emu.access_key_id,
+                            access_key_secret=emu.access_key_secret)
+
+    Args:
+        host: Interface to listen on.
+        port: Port; 0 picks a free one (see :attr:`port`/:attr:`endpoint`).
+        data_dir: Where objects are stored; ``None`` for a temporary directory that is
+            removed on stop.  An existing directory is reused (objects survive restarts).
+        region: The region V4 signatures must be scoped to.
+        access_key_id: The accepted access key id.
+        access_key_secret: Its secret (never shown in a repr or a log line).
+        buckets: Buckets to create at start (and again after :meth:`reset`).
+        callback_timeout: Seconds each callback URL gets (OSS: a fixed 5 s).
+        max_records: How many request/callback records to keep.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        data_dir: str | Path | None = None,
+        region: str = "cn-hangzhou",
+        access_key_id: str = DEFAULT_ACCESS_KEY_ID,
+        access_key_secret: str = DEFAULT_ACCESS_KEY_SECRET,
+        buckets: Iterable[str] = (),
+        callback_timeout: float = 5.0,
+        max_records: int = 100_000,
+    ) -> None:
+        if not access_key_id or not access_key_secret:
+            raise ValueError("access_key_id and access_key_secret must be non-empty")
+        if callback_timeout <= 0:
+            raise ValueError("callback_timeout must be > 0")
+        self.host = host
+        self._requested_port = port
+        self._data_dir_arg = Path(data_dir) if data_dir is not None else None
+        self.region = region
+        self.access_key_id = access_key_id
+        self._access_key_secret = access_key_secret
+        self._initial_buckets = tuple(buckets)
+        self._callback_timeout = callback_timeout
+        self._initial_callback_timeout = callback_timeout
+        self._max_records = max_records
+        self.faults = FaultInjector()
+        self._credentials = CredentialStore()
+        self._credentials.add(access_key_id, access_key_secret)
+        self._app: EmulatorApp | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._temp_dir: str | None = None
+        self._data_dir: Path | None = None
+        self._port = 0
+        self._lock = threading.Lock()
+        self._state = "unopened"
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def access_key_secret(self) -> str:
+        """The secret of :attr:`access_key_id`."""
+        return self._access_key_secret
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when constructed with ``port=0``)."""
+        self._require_running()
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """``http://HOST:PORT``: pass it to a client (with ``region=emu.region`` for V4)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory objects are stored in."""
+        self._require_running()
+        assert self._data_dir is not None
+        return self._data_dir
+
+    @property
+    def public_key_pem(self) -> bytes:
+        """The PEM public key callbacks are signed with (pin it in a CallbackVerifier)."""
+        return public_key_pem()
+
+    @property
+    def public_key_url(self) -> str:
+        """Where the emulator serves :attr:`public_key_pem` (sent as ``x-oss-pub-key-url``)."""
+        return self.endpoint + "/_emulator/callback_pub_key.pem"
+
+    @property
+    def callback_timeout(self) -> float:
+        """Seconds each callback URL gets before the attempt counts as failed."""
+        return self._callback_timeout
+
+    @callback_timeout.setter
+    def callback_timeout(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError("callback_timeout must be > 0")
+        self._callback_timeout = value
+        if self._app is not None:
+            self._app.callback_timeout = value
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """The requests answered so far, oldest first (a snapshot)."""
+        app = self._require_running()
+        with app._records_lock:
+            return list(app.requests)
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """The callback POSTs attempted so far, oldest first (a snapshot)."""
+        app = self._require_running()
+        with app._records_lock:
+            return list(app.callbacks)
+
+    def __repr__(self) -> str:
+        where = self.endpoint if self._state == "running" else self._state
+        return f"OSSEmulator({where}, region={self.region!r}, access_key_id={self.access_key_id!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _require_running(self) -> EmulatorApp:
+        if self._state != "running" or self._app is None:
+            raise RuntimeError(f"the OSSEmulator is not running ({self._state})")
+        return self._app
+
+    def start(self) -> OSSEmulator:
+        """Start serving (blocks until the socket accepts connections).
+
+        Raises:
+            RuntimeError: if it was already started (an emulator runs once).
+        """
+        import uvicorn
+
+        with self._lock:
+            if self._state != "unopened":
+                raise RuntimeError(f"the OSSEmulator cannot be started again ({self._state})")
+            self._state = "starting"
+        try:
+            if self._data_dir_arg is None:
+                self._temp_dir = tempfile.mkdtemp(prefix="oss-emulator-")
+                self._data_dir = Path(self._temp_dir)
+            else:
+                self._data_dir = self._data_dir_arg.resolve()
+            store = Store(self._data_dir)
+            self._app = EmulatorApp(
+                store,
+                region=self.region,
+                credentials=self._credentials,
+                faults=self.faults,
+                callback_timeout=self._callback_timeout,
+                max_records=self._max_records,
+            )
+            for name in self._initial_buckets:
+                store.create_bucket(name)
+            self._sock = _bind(self.host, self._requested_port)
+            self._port = self._sock.getsockname()[1]
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self._app.endpoint = f"http://{host}:{self._port}"
+
+            class _Server(uvicorn.Server):
+                @contextlib.contextmanager
+                def capture_signals(self) -> Iterator[None]:
+                    yield  # the owner of the process handles signals, not the emulator
+
+            config = uvicorn.Config(
+                self._app,
+                http=_http_impl(),
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                date_header=False,
+                timeout_keep_alive=30,
+                timeout_graceful_shutdown=3,
+            )
+            self._server = _Server(config)
+            self._thread = threading.Thread(
+                target=self._run, name=f"oss-emulator-{self._port}", daemon=True
+            )
+            self._thread.start()
+            deadline = time.monotonic() + 30
+            while not self._server.started:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the OSS emulator server failed to start")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the OSS emulator server did not start within 30 s")
+                time.sleep(0.002)
+        except BaseException:
+            self._state = "running"  # let stop() clean up what was made
+            self.stop()
+            raise
+        self._state = "running"
+        return self
+
+    def _run(self) -> None:
+        loop = _new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    async def _serve(self) -> None:
+        assert self._app is not None and self._sock is not None
+        try:
+            await self._server.serve(sockets=[self._sock])
+        finally:
+            await self._app.aclose()
+
+    def stop(self) -> None:
+        """Stop serving, wait for the server thread, and remove a temporary data dir.
+
+        Idempotent.
+        """
+        with self._lock:
+            if self._state in ("stopped", "unopened"):
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            if self._thread.is_alive():  # pragma: no cover - a stuck handler
+                self._server.force_exit = True
+                self._thread.join(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._state = "stopped"
+
+    def __enter__(self) -> OSSEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> OSSEmulator:
+        await anyio.to_thread.run_sync(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await anyio.to_thread.run_sync(self.stop)
+
+    # ------------------------------------------------------------------ state
+
+    def create_bucket(self, name: str) -> str:
+        """Create a bucket (no error if it exists). Returns the name.
+
+        Raises:
+            ValueError: for a name OSS would reject (3-63 of ``a-z0-9-``, no edge hyphen).
+        """
+        app = self._require_running()
+        if not (
+            3 <= len(name) <= 63
+            and all(c in _BUCKET_NAME_CHARS for c in name)
+            and name[0] != "-"
+            and name[-1] != "-"
+        ):
+            raise ValueError(f"invalid bucket name {name!r}")
+        app.store.create_bucket(name)
+        return name
+
+    def add_credentials(
+        self, access_key_id: str, access_key_secret: str, security_token: str | None = None
+    ) -> None:
+        """Accept another access key; with ``security_token`` it is an STS key, and every
+        request signed with it must carry that token (``x-oss-security-token``)."""
+        self._credentials.add(access_key_id, access_key_secret, security_token)
+
+    def remove_credentials(self, access_key_id: str) -> None:
+        """Stop accepting an access key (e.g. to simulate a revoked/expired STS token)."""
+        self._credentials.remove(access_key_id)
+
+    def issue_sts_token(self) -> StsCredentials:
+        """Make up a temporary access key and security token, and accept them.
+
+        Returns:
+            The credentials; unpack as ``ak, secret, token = emu.issue_sts_token()``.
+        """
+        creds = StsCredentials(
+            access_key_id="STS." + secrets.token_hex(10),
+            access_key_secret=secrets.token_urlsafe(24),
+            security_token="CAIS" + secrets.token_urlsafe(96),
+        )
+        self.add_credentials(creds.access_key_id, creds.access_key_secret, creds.security_token)
+        return creds
+
+    def reset(self) -> None:
+        """Forget everything a test did: objects, uploads, buckets (the constructor's are
+        re-created), faults, records, extra credentials, and the callback timeout."""
+        app = self._require_running()
+        app.store.reset()
+        for name in self._initial_buckets:
+            app.store.create_bucket(name)
+        self.faults.clear()
+        app.clear_records()
+        self._credentials.clear()
+        self._credentials.add(self.access_key_id, self._access_key_secret)
+        self.callback_timeout = self._initial_callback_timeout
+
+    def clear_records(self) -> None:
+        """Forget the recorded requests and callbacks."""
+        self._require_running().clear_records()
+
+    # ------------------------------------------------------------------ inspection
+
+    def head_object(self, bucket: str, key: str) -> StoredObject | None:
+        """The stored object's metadata (size, etag, crc64, ...), or ``None``."""
+        return self._require_running().store.get(bucket, key)
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        """The stored object's bytes (for small test objects).
+
+        Raises:
+            KeyError: if there is no such object.
+        """
+        path = self.object_path(bucket, key)
+        if path is None:
+            raise KeyError(f"{bucket}/{key}")
+        return path.read_bytes()
+
+    def object_path(self, bucket: str, key: str) -> Path | None:
+        """Where the object's bytes are on disk (always inside :attr:`data_dir`), or ``None``."""
+        app = self._require_running()
+        obj = app.store.get(bucket, key)
+        return None if obj is None else app.store.data_path(obj)
+
+    def list_keys(self, bucket: str) -> list[str]:
+        """Every key in the bucket, sorted."""
+        return self._require_running().store.sorted_keys(bucket)
+
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether the bucket exists."""
+        return self._require_running().store.bucket_exists(bucket)
+
+    def list_uploads(self, bucket: str | None = None) -> list[str]:
+        """Upload ids of multipart uploads in progress (in ``bucket``, or anywhere)."""
+        uploads = list(self._require_running().store.uploads.values())
+        return [u.upload_id for u in uploads if bucket is None or u.bucket == bucket]
