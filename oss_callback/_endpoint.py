@@ -71,6 +71,8 @@ def _is_ip_or_local(host: str) -> bool:
 
 def _derive_region(host: str) -> str | None:
     labels = host.lower().split(".")
+    if labels[-2:] != ["aliyuncs", "com"]:
+        return None  # a custom domain or proxy: the caller must say which region
     # oss-cn-hangzhou.aliyuncs.com, oss-cn-hangzhou-internal.aliyuncs.com
     for label in labels:
         if label.startswith("oss-") and label not in ("oss-accelerate", "oss-accelerate-overseas"):

@@ -86,7 +86,7 @@ class ServiceError(OSSError):
             parts.append(self.code)
         text = " ".join(parts)
         if self.message:
-            text += f": {self.message}"
+            text += f": {' '.join(self.message.split())}"
         extras = []
         if self.ec:
             extras.append(f"ec={self.ec}")
@@ -214,6 +214,21 @@ class InconsistentError(ClientError):
         self.server_crc = server_crc
         self.request_id = request_id
         super().__init__(message)
+
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_inconsistent_error,
+            (str(self), self.client_crc, self.server_crc, self.request_id),
+        )
+
+
+def _rebuild_inconsistent_error(
+    message: str, client_crc: int, server_crc: int, request_id: str | None
+) -> InconsistentError:
+    return InconsistentError(
+        message, client_crc=client_crc, server_crc=server_crc, request_id=request_id
+    )
 
 
 class CheckpointError(ClientError):

@@ -40,29 +40,29 @@ __all__ = [
 V4_ALGORITHM = "OSS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
-#: Query parameters that V1 signs (CanonicalizedResource).  Same set as oss2, which is a
-#: superset of alibabacloud-oss-v2's; other parameters are not signed in V1.
+#: Query parameters that V1 signs (CanonicalizedResource): oss2's set (a superset of
+#: alibabacloud-oss-v2's) plus v2's ``cloudboxes``; other parameters are not signed in V1.
 V1_SUBRESOURCES = frozenset(
     [
-        "acl", "uploads", "location", "cors", "logging", "website", "referer", "lifecycle",
-        "delete", "append", "tagging", "objectMeta", "uploadId", "partNumber", "security-token",
-        "position", "img", "style", "styleName", "replication", "replicationProgress",
-        "replicationLocation", "cname", "bucketInfo", "comp", "qos", "live", "status", "vod",
-        "startTime", "endTime", "symlink", "x-oss-process", "response-content-type",
-        "x-oss-traffic-limit", "response-content-language", "response-expires",
-        "response-cache-control", "response-content-disposition", "response-content-encoding",
-        "udf", "udfName", "udfImage", "udfId", "udfImageDesc", "udfApplication",
-        "udfApplicationLog", "restore", "callback", "callback-var", "qosInfo", "policy", "stat",
-        "encryption", "versions", "versioning", "versionId", "requestPayment",
-        "x-oss-request-payer", "sequential", "inventory", "inventoryId", "continuation-token",
-        "asyncFetch", "worm", "wormId", "wormExtend", "transferAcceleration", "group", "link",
-        "objectInfo", "metaQuery", "x-oss-ac-source-ip", "x-oss-ac-subnet-mask",
-        "x-oss-ac-vpc-id", "x-oss-ac-forward-allow", "resourceGroup", "x-oss-async-process",
-        "regionList", "x-oss-write-get-object-response", "bucketArchiveDirectRead",
-        "httpsConfig", "redundancyTransition", "x-oss-target-redundancy-type",
-        "x-oss-redundancy-transition-taskid", "accessPoint", "accessPointPolicy",
-        "publicAccessBlock", "x-oss-access-point-name", "requesterQosInfo", "qosRequester",
-        "resourcePoolInfo", "resourcePool", "resourcePoolBuckets", "cloudboxes",
+        "accessPoint", "accessPointPolicy", "acl", "append", "asyncFetch",
+        "bucketArchiveDirectRead", "bucketInfo", "callback", "callback-var", "cloudboxes",
+        "cname", "comp", "continuation-token", "cors", "delete", "encryption", "endTime",
+        "group", "httpsConfig", "inventory", "inventoryId", "lifecycle", "link", "live",
+        "location", "logging", "metaQuery", "objectInfo", "objectMeta", "partNumber", "policy",
+        "position", "publicAccessBlock", "qos", "qosInfo", "qosRequester",
+        "redundancyTransition", "referer", "regionList", "replication", "replicationLocation",
+        "replicationProgress", "requestPayment", "requesterQosInfo", "resourceGroup",
+        "resourcePool", "resourcePoolBuckets", "resourcePoolInfo", "response-cache-control",
+        "response-content-disposition", "response-content-encoding",
+        "response-content-language", "response-content-type", "response-expires", "restore",
+        "security-token", "sequential", "startTime", "stat", "status", "style", "styleName",
+        "symlink", "tagging", "transferAcceleration", "uploadId", "uploads", "versionId",
+        "versioning", "versions", "vod", "website", "worm", "wormExtend", "wormId",
+        "x-oss-ac-forward-allow", "x-oss-ac-source-ip", "x-oss-ac-subnet-mask",
+        "x-oss-ac-vpc-id", "x-oss-access-point-name", "x-oss-async-process", "x-oss-process",
+        "x-oss-redundancy-transition-taskid", "x-oss-request-payer",
+        "x-oss-target-redundancy-type", "x-oss-traffic-limit",
+        "x-oss-write-get-object-response",
     ]
 )
 
@@ -249,8 +249,7 @@ def sign_v4(
     x_oss_date = format_v4_date(now)
     _set(headers, "x-oss-date", x_oss_date)
     _set(headers, "date", format_v1_date(now))
-    if not any(k.lower() == "x-oss-content-sha256" for k in headers):
-        headers["x-oss-content-sha256"] = UNSIGNED_PAYLOAD
+    _set(headers, "x-oss-content-sha256", UNSIGNED_PAYLOAD)
     if credentials.security_token:
         _set(headers, "x-oss-security-token", credentials.security_token)
     additional = list(additional_headers)

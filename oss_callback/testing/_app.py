@@ -50,7 +50,7 @@ MIN_PART_SIZE = 100 * 1024
 MAX_PART_NUMBER = 10000
 MAX_COMPLETE_BODY = 4 * 1024 * 1024
 OWNER_ID = "1234567890123456"
-NS = ' xmlns="http://doc.oss-cn-hangzhou.aliyuncs.com"'
+NS = ""  # OSS's list results carry no namespace, and oss2's parser relies on that
 _STORED_HEADERS = (
     "cache-control",
     "content-disposition",
@@ -398,6 +398,9 @@ class EmulatorApp:
             request_id=request_id,
             operation="Unknown",
             receive=receive,
+            # No body announced: nothing to read (uvicorn still sends one empty message).
+            body_done=headers.get("content-length", "0") == "0"
+            and "transfer-encoding" not in headers,
         )
         fired: list[Fault] = []
         dropped = False

@@ -1,0 +1,7 @@
+"""``python -m oss_callback.testing``: run the OSS emulator (same as ``oss-callback emulator``)."""
+
+import sys
+
+from ._cli import main_emulator
+
+sys.exit(main_emulator())
