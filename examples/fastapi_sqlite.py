@@ -33,8 +33,6 @@ A forged or tampered callback is answered 400 before the handler runs. The same 
 be reported twice (callbacks can be replayed), so rows are keyed on bucket, object and etag.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import sqlite3

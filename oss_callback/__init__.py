@@ -28,14 +28,17 @@ from ._models import (
     UploadPartResult,
 )
 from ._retry import RetryPolicy
+from ._sync import Bucket, Client
 from ._version import __version__
 
 __all__ = [
     "AsyncBucket",
     "AsyncClient",
+    "Bucket",
     "Callback",
     "CallbackError",
     "CheckpointError",
+    "Client",
     "ClientError",
     "Credentials",
     "FileChangedError",

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,9 @@ from ._errors import (
     ServiceError,
 )
 from ._models import PutObjectResult, UploadPartResult
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from ._client import AsyncBucket
@@ -396,9 +400,32 @@ class _Uploader:
                 progress.finish(number, length)
                 await self._save(ckpt)
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(self.concurrency, len(todo))):
-                tg.start_soon(worker)
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(self.concurrency, len(todo))):
+                    tg.start_soon(worker)
+        except BaseExceptionGroup as group:
+            # The first part to fail cancelled its siblings: raise that failure itself, not
+            # a group, so callers can catch ServiceError, FileChangedError, ... as usual.
+            raise _root_cause(group) from None
+
+
+def _root_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    cancel = anyio.get_cancelled_exc_class()
+    for exc in leaves:
+        if not isinstance(exc, cancel):
+            return exc
+    return leaves[0] if leaves else group
 
 
 def _file_crc(path: str, offset: int, length: int) -> int:

@@ -13,11 +13,16 @@ that loop and blocks the calling thread until it finishes, so:
 * an exception raised in the calling thread while it waits (``KeyboardInterrupt`` from
   Ctrl-C, or any other) cancels the task in the loop and waits for its cleanup before it
   propagates: nothing keeps uploading in the background, and an interrupted
-  ``resumable_upload`` resumes from its checkpoint next time;
+  ``resumable_upload`` resumes from its checkpoint next time (the core bounds that cleanup;
+  a second Ctrl-C stops waiting for it);
 * progress callbacks run on the loop thread: keep them short, and don't call the sync API
   from them (that raises ``RuntimeError`` instead of deadlocking);
 * it works when called from a thread that runs an asyncio loop of its own (a notebook
-  cell); that loop is blocked while the call runs. In async code, prefer the async classes.
+  cell); that loop is blocked while the call runs. In async code, prefer the async classes;
+* :meth:`Client.close` cancels calls still running in other threads (they raise
+  ``RuntimeError``), closes the pool in the loop, and joins the loop thread;
+* a client can't cross ``os.fork()``: in the child every call raises ``RuntimeError`` (and
+  ``close()`` only marks it closed); create a new client there.
 """
 
 from __future__ import annotations
@@ -184,7 +189,11 @@ class _Portal:
 
         future: concurrent.futures.Future[T | _Raised] | None = None
         try:
-            future = self._portal.start_task_soon(run, name=f"oss_callback {method}")
+            try:
+                future = self._portal.start_task_soon(run, name=f"oss_callback {method}")
+            except RuntimeError:
+                self.check(method)  # closed by another thread since the check above
+                raise
             outcome = future.result()
         except concurrent.futures.CancelledError:
             if future is None or not future.cancelled():
@@ -578,6 +587,11 @@ class Bucket:
     def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         return self._portal.call("abort_multipart_upload", self._async.abort_multipart_upload,
                                  key, upload_id)
+
+    @_same_doc(AsyncBucket.list_multipart_uploads)
+    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        return self._portal.call("list_multipart_uploads", self._async.list_multipart_uploads,
+                                 prefix)
 
     @_same_doc(AsyncBucket.list_parts)
     def list_parts(self, key: str, upload_id: str) -> ListPartsResult:

@@ -48,7 +48,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "oss_callback.server needs the 'cryptography' package to verify callback "
-        "signatures; install it with: pip install 'oss-callback[server]'"
+        "signatures; install it with: pip install 'oss-callback[server]' "
+        "(or 'oss-callback[fastapi]' for the FastAPI integration)"
     ) from exc
 
 __all__ = [
@@ -600,6 +601,7 @@ class CallbackVerifier:
             CallbackSignatureError: the callback is not authentic or can't be checked:
                 its ``reason`` says why (:class:`PublicKeyFetchError` when the key could
                 not be fetched, :class:`CallbackBodyError` for the body).
+            TypeError: ``body`` is not bytes (a programming error, not a bad callback).
         """
         prepared = self._prepare(method, path, query_string, headers, body)
         if prepared.key is None:
@@ -1036,9 +1038,16 @@ async def verify_starlette_request(verifier: CallbackVerifier, request: Any) -> 
         CallbackSignatureError: as :meth:`CallbackVerifier.verify`.
     """
     scope = request.scope
-    body = await _read_body(
-        request.stream(), request.headers.get("content-length"), verifier.max_body_size
-    )
+    try:
+        body = await _read_body(
+            request.stream(), request.headers.get("content-length"), verifier.max_body_size
+        )
+    except CallbackSignatureError:
+        raise
+    except Exception as exc:  # ClientDisconnect and the like: nothing to verify
+        raise CallbackBodyError(
+            f"reading the callback body failed: {type(exc).__name__}", reason="malformed_body"
+        ) from exc
     request._body = body  # what Request.body() caches; keeps the body readable afterwards
     return await verifier.verify(
         request.method,

@@ -21,6 +21,11 @@ parses it. A forged, tampered or unverifiable callback is answered ``400`` with 
 body ``{"detail": "invalid OSS callback"}`` before the route's code runs; the reason is
 logged (logger ``oss_callback.server``), not sent back.
 
+Note:
+    FastAPI resolves ``Annotated[..., Depends(verified_callback)]`` by name. In a module
+    with ``from __future__ import annotations``, define ``verified_callback`` at module
+    level (not inside a function), or FastAPI can't find it and answers 422.
+
 Needs FastAPI and ``cryptography``: ``pip install 'oss-callback[fastapi]'``.
 """
 

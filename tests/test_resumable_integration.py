@@ -37,7 +37,7 @@ def make_file(tmp_path: Path, size: int, name: str = "src.bin") -> Path:
 
 
 def ops(emu: Any, operation: str) -> list[Any]:
-    return [r for r in emu.requests if r.operation == operation and r.status < 300]
+    return [r for r in emu.requests if r.operation == operation and 200 <= r.status < 300]
 
 
 class Stop(Exception):

@@ -48,7 +48,7 @@ Gate = Callable[[httpx.Request], Awaitable[None]]
 
 
 def _etag(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest().upper()  # noqa: S324 - OSS's ETag, not security
+    return hashlib.md5(data).hexdigest().upper()  # OSS's ETag, not security
 
 
 class FakeOSS:
@@ -62,6 +62,7 @@ class FakeOSS:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.uploads: dict[str, dict[int, bytes]] = {}
+        self.upload_keys: dict[str, str] = {}
         self.requests: list[tuple[str, str, str]] = []
         self.threads: set[str] = set()
         self.gate: Gate | None = None
@@ -93,9 +94,17 @@ class FakeOSS:
             self._ids += 1
             upload_id = f"UPLOAD{self._ids}"
             self.uploads[upload_id] = {}
+            self.upload_keys[upload_id] = key
             return _xml("InitiateMultipartUploadResult",
                         f"<Bucket>{BUCKET}</Bucket><Key>{escape(key)}</Key>"
                         f"<UploadId>{upload_id}</UploadId>")
+        if request.method == "GET" and "uploads" in q:
+            xml = "".join(
+                f"<Upload><Key>{escape(k)}</Key><UploadId>{u}</UploadId></Upload>"
+                for u, k in sorted(self.upload_keys.items())
+                if u in self.uploads and k.startswith(q.get("prefix", ""))
+            )
+            return _xml("ListMultipartUploadsResult", f"<IsTruncated>false</IsTruncated>{xml}")
         if "uploadId" in q:
             upload_id = q["uploadId"]
             if upload_id not in self.uploads:
@@ -222,23 +231,39 @@ def _public_methods(cls: type) -> dict[str, Any]:
     return {n: m for n, m in vars(cls).items() if not n.startswith("_") and callable(m)}
 
 
+def _as_sync(sig: inspect.Signature) -> inspect.Signature:
+    """The signature with AsyncBucket/AsyncClient annotations read as Bucket/Client."""
+
+    def fix(annotation: Any) -> Any:
+        if isinstance(annotation, str):
+            return annotation.replace("AsyncBucket", "Bucket").replace("AsyncClient", "Client")
+        return annotation
+
+    return sig.replace(
+        parameters=[p.replace(annotation=fix(p.annotation)) for p in sig.parameters.values()],
+        return_annotation=fix(sig.return_annotation),
+    )
+
+
 @pytest.mark.parametrize(("sync_cls", "async_cls"), [(Client, AsyncClient), (Bucket, AsyncBucket)])
 def test_same_methods_signatures_and_docstrings(sync_cls: type, async_cls: type) -> None:
     sync_methods = _public_methods(sync_cls)
     async_methods = _public_methods(async_cls)
     renamed = {"aclose": "close"}
     assert {renamed.get(n, n) for n in async_methods} == set(sync_methods)
+    assert sync_methods["close"].__doc__
     for name, async_method in async_methods.items():
         if name in renamed:
             continue
         sync_method = sync_methods[name]
-        assert inspect.signature(sync_method) == inspect.signature(async_method), name
-        assert inspect.iscoroutinefunction(async_method) != inspect.iscoroutinefunction(
-            sync_method) or name == "get_bucket", name
+        assert inspect.signature(sync_method) == _as_sync(inspect.signature(async_method)), name
+        assert not inspect.iscoroutinefunction(sync_method), name
         if inspect.iscoroutinefunction(async_method):
             # one docstring serves both, copied (not retyped)
             assert sync_method.__doc__ == async_method.__doc__, name
             assert sync_method.__doc__, name
+    checked = [n for n, m in async_methods.items() if inspect.iscoroutinefunction(m)]
+    assert len(checked) >= (1 if async_cls is AsyncClient else 12)
 
 
 def test_constructors_mirror_the_async_ones() -> None:
@@ -264,8 +289,7 @@ def test_exported_from_the_package() -> None:
     assert oss_callback.Client is Client
     assert oss_callback.Bucket is Bucket
     assert {"Bucket", "Client"} <= set(oss_callback.__all__)
-    assert oss_callback.__all__ == sorted(oss_callback.__all__, key=str.lower) or (
-        oss_callback.__all__ == sorted(oss_callback.__all__))
+    assert oss_callback.__all__ == sorted(oss_callback.__all__)
 
 
 # --------------------------------------------------------------------------- delegation
@@ -310,6 +334,8 @@ def test_multipart_primitives(oss: FakeOSS, bucket: Bucket) -> None:
     assert result.upload_id == init.upload_id
     assert oss.objects["mp"] == b"a" * 1000 + b"b" * 10
     init2 = bucket.initiate_multipart_upload("mp2")
+    assert bucket.list_multipart_uploads() == [("mp2", init2.upload_id)]
+    assert bucket.list_multipart_uploads(prefix="zz") == []
     assert bucket.abort_multipart_upload("mp2", init2.upload_id) is None
     with pytest.raises(ServiceError) as info:
         bucket.list_parts("mp2", init2.upload_id)
@@ -373,9 +399,9 @@ def test_lifecycle_close_idempotent_and_use_after_close(oss: FakeOSS) -> None:
     client = Client(ENDPOINT, transport=oss.transport(), **CLIENT_KWARGS)
     bucket = client.get_bucket(BUCKET)
     bucket.put_object("k", b"v")
-    assert not client.is_closed
+    was_closed = client.is_closed
     client.close()
-    assert client.is_closed
+    assert (was_closed, client.is_closed) == (False, True)
     assert client._async.is_closed  # the pool was closed in the loop
     client.close()  # idempotent
     assert "closed" in repr(client)
@@ -383,6 +409,24 @@ def test_lifecycle_close_idempotent_and_use_after_close(oss: FakeOSS) -> None:
         bucket.put_object("k", b"v")
     with pytest.raises(RuntimeError, match="closed"), client:
         pass
+
+
+def test_close_racing_a_call_gives_the_closed_error(
+    oss: FakeOSS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Client(ENDPOINT, transport=oss.transport(), **CLIENT_KWARGS)
+    bucket = client.get_bucket(BUCKET)
+    portal = client._portal._portal
+    real = portal.start_task_soon
+
+    def close_first(*args: Any, **kwargs: Any) -> Any:
+        client.close()  # another thread closed it between the check and the spawn
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(portal, "start_task_soon", close_first)
+    with pytest.raises(RuntimeError, match="this Client is closed"):
+        bucket.put_object("k", b"v")
+    assert "k" not in oss.objects
 
 
 def test_context_manager_closes(oss: FakeOSS) -> None:
@@ -415,7 +459,7 @@ def test_bucket_constructor_errors_delegate(client: Client, oss: FakeOSS) -> Non
     before = threading.active_count()
     with pytest.raises(TypeError, match="either client= or"):
         Bucket(BUCKET, ENDPOINT, client=client)
-    with pytest.raises(TypeError, match="oss_callback.Client"):
+    with pytest.raises(TypeError, match=r"oss_callback\.Client"):
         Bucket(BUCKET, client=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="endpoint"):
         Bucket(BUCKET)
@@ -443,7 +487,7 @@ def test_no_thread_or_fd_leak_after_close(oss: FakeOSS) -> None:
         with Client(ENDPOINT, transport=oss.transport(), **CLIENT_KWARGS) as c:
             b = c.get_bucket(BUCKET)
             with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda i: b.put_object(f"k{i}", b"v"), range(8)))
+                list(pool.map(b.put_object, [f"k{i}" for i in range(8)], [b"v"] * 8))
             assert threading.active_count() > threads  # the loop (and its workers) ran
     gc.collect()
     assert _settle(threads) == threads
@@ -521,7 +565,7 @@ def test_sixteen_threads_share_one_bucket(oss: FakeOSS, bucket: Bucket) -> None:
 def test_sixteen_threads_with_errors_get_their_own(oss: FakeOSS, bucket: Bucket) -> None:
     def work(i: int) -> str:
         try:
-            bucket.head_object(f"missing/{i}")
+            bucket.get_object(f"missing/{i}")
         except ServiceError as e:
             return f"{i}:{e.code}"
         return f"{i}:found"
@@ -588,6 +632,29 @@ def test_progress_that_raises_stops_the_upload_with_that_exception(
     assert "k" not in oss.objects
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: resumable_upload's part workers run in an anyio task group, which wraps "
+    "the progress hook's exception in an ExceptionGroup (reported to the lead)",
+)
+def test_progress_that_raises_stops_a_multipart_upload_with_that_exception(
+    oss: FakeOSS, bucket: Bucket, tmp_path: Path
+) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * 100 * 1024 + 1))
+    boom = ValueError("stop here")
+
+    def progress(done: int, total: int | None) -> None:
+        if done > 150_000:
+            raise boom
+
+    with pytest.raises(ValueError, match="stop here") as info:
+        bucket.resumable_upload("big", src, part_size=100 * 1024, concurrency=2,
+                                disable_checkpoint=True, progress=progress)
+    assert info.value is boom
+    assert "big" not in oss.objects
+
+
 def test_base_exception_from_a_progress_hook_reaches_the_caller(bucket: Bucket) -> None:
     def progress(done: int, total: int | None) -> None:
         raise SystemExit(3)
@@ -631,7 +698,6 @@ def test_keyboard_interrupt_cancels_the_task_before_returning(
         try:
             await anyio.sleep_forever()
         finally:
-            await anyio.sleep(0) if False else None
             cancelled.set()
 
     oss.gate = hold

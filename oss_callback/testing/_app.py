@@ -15,12 +15,20 @@ import os
 import re
 import threading
 import time
-import xml.etree.ElementTree as ET  # noqa: S405 - bodies are size-capped; DTDs are refused
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+import xml.etree.ElementTree as ET
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from datetime import datetime, timezone
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, unquote, unquote_to_bytes
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
 from xml.sax.saxutils import escape
 
 import attrs
@@ -31,7 +39,15 @@ from ._callbacks import CallbackConfig, parse_callback, public_key_pem, render_b
 from ._errors import OSSErrorResponse, error_xml, x_oss_err
 from ._faults import Fault, FaultInjector, RequestInfo
 from ._records import CallbackRecord, RequestRecord
-from ._store import BodySink, PartInfo, Store, StoredObject, combined_part_checksums, iter_file
+from ._store import (
+    BodySink,
+    PartInfo,
+    Store,
+    StoredObject,
+    Upload,
+    combined_part_checksums,
+    iter_file,
+)
 
 __all__ = ["PUBLIC_KEY_PATH", "EmulatorApp"]
 
@@ -59,11 +75,14 @@ _STORED_HEADERS = (
     "expires",
 )
 _UNSUPPORTED_OBJECT_SUBRESOURCES = frozenset(
-    "acl tagging symlink append restore x-oss-process comp".split()
+    ["acl", "tagging", "symlink", "append", "restore", "x-oss-process", "comp"]
 )
 _UNSUPPORTED_BUCKET_SUBRESOURCES = frozenset(
-    """acl location bucketInfo stat cors logging website referer lifecycle versioning
-    versions encryption policy tagging worm replication inventory delete""".split()
+    [
+        *("acl", "location", "bucketInfo", "stat", "cors", "logging", "website", "referer"),
+        *("lifecycle", "versioning", "versions", "encryption", "policy", "tagging", "worm"),
+        *("replication", "inventory", "delete"),
+    ]
 )
 _RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
@@ -97,6 +116,7 @@ class Request:
     receive: Receive
     body_size: int = 0
     body_done: bool = False
+    started: float = attrs.field(factory=time.monotonic)
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk, as it arrives."""
@@ -199,7 +219,9 @@ def _parse_query(raw: bytes) -> list[tuple[str, str]]:
         if not item:
             continue
         name, _, value = item.partition("=")
-        pairs.append((unquote(name, errors="replace"), unquote(value, errors="replace")))
+        # '+' is a space in a query (requests/oss2 encode with quote_plus); a literal plus
+        # arrives as %2B from every SDK.
+        pairs.append((unquote_plus(name, errors="replace"), unquote_plus(value, errors="replace")))
     return pairs
 
 
@@ -220,7 +242,13 @@ def _int_param(q: Mapping[str, str], name: str, default: int, low: int, high: in
     return int(raw)
 
 
-def operation_of(method: str, bucket: str | None, key: str | None, q: Mapping[str, str], headers: Mapping[str, str]) -> str:  # noqa: E501
+def operation_of(
+    method: str,
+    bucket: str | None,
+    key: str | None,
+    q: Mapping[str, str],
+    headers: Mapping[str, str],
+) -> str:
     """The OSS operation a request asks for (``"Unsupported"`` for what the emulator lacks)."""
     if bucket is None:
         return "ListBuckets" if method == "GET" else "Unsupported"
@@ -340,7 +368,7 @@ class EmulatorApp:
                 trust_env=False,  # never route callbacks through an environment proxy
                 verify=False,  # noqa: S501 - local test callback servers use self-signed certs
                 follow_redirects=False,
-                timeout=None,  # the per-attempt deadline is enforced around the request
+                timeout=None,  # noqa: S113 - the per-attempt deadline wraps each request
                 limits=httpx.Limits(max_keepalive_connections=0),
             )
         return self._http
@@ -438,9 +466,7 @@ class EmulatorApp:
             ) from None
         hostname = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
         labels = hostname.split(".")
-        virtual = (
-            len(labels) >= 2 and not _is_ip(hostname) and self.store.bucket_exists(labels[0])
-        )
+        virtual = len(labels) >= 2 and not _is_ip(hostname) and self.store.bucket_exists(labels[0])
         if virtual:
             req.bucket = labels[0]
             req.key = path[1:] or None
@@ -462,7 +488,10 @@ class EmulatorApp:
             )
         authenticate(
             RequestView(
-                method=req.method, bucket=req.bucket, key=req.key, query=req.query,
+                method=req.method,
+                bucket=req.bucket,
+                key=req.key,
+                query=req.query,
                 headers=req.headers,
             ),
             self.credentials,
@@ -471,7 +500,10 @@ class EmulatorApp:
         fired.extend(
             self.faults.match(
                 RequestInfo(
-                    method=req.method, bucket=req.bucket, key=req.key, query=req.query,
+                    method=req.method,
+                    bucket=req.bucket,
+                    key=req.key,
+                    query=req.query,
                     operation=req.operation,
                 )
             )
@@ -493,7 +525,9 @@ class EmulatorApp:
                 )
         if req.bucket is not None and not _BUCKET_NAME.match(req.bucket):
             raise OSSErrorResponse(
-                400, "InvalidBucketName", "The specified bucket is not valid.",
+                400,
+                "InvalidBucketName",
+                "The specified bucket is not valid.",
                 [("BucketName", req.bucket)],
             )
         if req.key is not None:
@@ -502,7 +536,9 @@ class EmulatorApp:
             return self._put_bucket(req)
         if req.bucket is not None and not self.store.bucket_exists(req.bucket):
             raise OSSErrorResponse(
-                404, "NoSuchBucket", "The specified bucket does not exist.",
+                404,
+                "NoSuchBucket",
+                "The specified bucket does not exist.",
                 [("BucketName", req.bucket)],
             )
         handler = getattr(self, f"_op_{req.operation}", None)
@@ -517,12 +553,16 @@ class EmulatorApp:
     def _check_key(key: str) -> None:
         if len(key.encode("utf-8")) > MAX_KEY_BYTES:
             raise OSSErrorResponse(
-                400, "InvalidObjectName", "The length of the object name is too long.",
+                400,
+                "InvalidObjectName",
+                "The length of the object name is too long.",
                 [("ObjectName", key[:64])],
             )
         if key[0] in "/\\":
             raise OSSErrorResponse(
-                400, "InvalidObjectName", "The object name must not start with '/' or '\\'.",
+                400,
+                "InvalidObjectName",
+                "The object name must not start with '/' or '\\'.",
                 [("ObjectName", key)],
             )
 
@@ -546,7 +586,7 @@ class EmulatorApp:
             (b"x-oss-request-id", req.request_id.encode()),
             (b"date", _http_date(time.time()).encode()),
             (b"server", b"AliyunOSS"),
-            (b"x-oss-server-time", b"1"),
+            (b"x-oss-server-time", str(int((time.monotonic() - req.started) * 1000)).encode()),
         ]
         if response.status not in (204, 304) and not any(
             k.lower() == "content-length" for k, _ in headers
@@ -557,25 +597,38 @@ class EmulatorApp:
             # We answer before reading the whole body (e.g. an error): don't reuse the
             # connection, the unread body would be parsed as the next request.
             raw_headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": response.status, "headers": raw_headers})
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": raw_headers}
+        )
         corrupt = any(f.corrupt_body for f in fired)
-        if response.stream is None or req.method == "HEAD":
-            body = response.body if req.method != "HEAD" else b""
-            if corrupt and body:
-                body = bytes([body[0] ^ 0xFF]) + body[1:]
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return
+        cut = min(
+            (f.drop_after_bytes for f in fired if f.drop_after_bytes is not None), default=None
+        )
+        if req.method == "HEAD":
+            chunks: Iterable[bytes] = ()
+        elif response.stream is None:
+            chunks = (response.body,)
+        else:
+            chunks = response.stream
         first = True
-        for chunk in response.stream:
+        sent = 0
+        for chunk in chunks:
             if first and corrupt and chunk:
                 chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
             first = False
+            if cut is not None and sent + len(chunk) >= cut:
+                await send(
+                    {"type": "http.response.body", "body": chunk[: cut - sent], "more_body": True}
+                )
+                await self._drop(send, response, started=True)
+                return
+            sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
-    async def _drop(send: Send, response: Response) -> None:
-        """Close the connection with no answer at all."""
+    async def _drop(send: Send, response: Response, started: bool = False) -> None:
+        """Close the connection: with no answer at all, or (``started``) mid-body."""
         cycle = getattr(send, "__self__", None)
         transport = getattr(cycle, "transport", None)
         if transport is not None:
@@ -583,9 +636,16 @@ class EmulatorApp:
             for _ in range(3):  # let connection_lost() mark the cycle disconnected
                 await asyncio.sleep(0)
             return
+        if started:
+            raise ConnectionAbortedError("fault injection: connection dropped mid-body")
         # Unknown server: start a response that promises more than it sends, then fail.
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"1048576")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"1048576")],
+            }
+        )
         raise ConnectionAbortedError("fault injection: connection dropped")
 
     def _record(self, req: Request, response: Response, faulted: bool) -> None:
@@ -606,8 +666,12 @@ class EmulatorApp:
         with self._records_lock:
             self.requests.append(record)
         logger.debug(
-            "oss emulator: %s %s %s -> %s (%s)", req.method, req.raw_path, req.operation,
-            record.status, req.request_id,
+            "oss emulator: %s %s %s -> %s (%s)",
+            req.method,
+            req.raw_path,
+            req.operation,
+            record.status,
+            req.request_id,
         )
 
     def _bucket_key(self, req: Request) -> tuple[str, str]:
@@ -634,7 +698,9 @@ class EmulatorApp:
             digest = b""
         if len(digest) != 16:
             raise OSSErrorResponse(
-                400, "InvalidDigest", "The Content-MD5 you specified was invalid.",
+                400,
+                "InvalidDigest",
+                "The Content-MD5 you specified was invalid.",
                 [("Content-MD5", value)],
             )
         return digest
@@ -648,7 +714,9 @@ class EmulatorApp:
             raise _invalid_argument("Invalid Content-Length.", "Content-Length", value)
         if int(value) > limit:
             raise OSSErrorResponse(
-                400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size.",
+                400,
+                "EntityTooLarge",
+                "Your proposed upload exceeds the maximum allowed size.",
                 [("ProposedSize", value), ("MaxSizeAllowed", str(limit))],
             )
         return int(value)
@@ -673,7 +741,9 @@ class EmulatorApp:
         if expected_md5 is not None and md5 != expected_md5:
             sink.path.unlink(missing_ok=True)
             raise OSSErrorResponse(
-                400, "InvalidDigest", "The Content-MD5 you specified was invalid.",
+                400,
+                "InvalidDigest",
+                "The Content-MD5 you specified was invalid.",
                 [("Content-MD5", base64.b64encode(expected_md5).decode())],
             )
         return sink.path, size, md5, crc
@@ -717,14 +787,22 @@ class EmulatorApp:
         }
         callback_body = render_body(config, system)
         outcomes = await send_callback(
-            self._client(), config, callback_body, self.endpoint + PUBLIC_KEY_PATH,
+            self._client(),
+            config,
+            callback_body,
+            self.endpoint + PUBLIC_KEY_PATH,
             self.callback_timeout,
         )
         with self._records_lock:
             self.callbacks.extend(
                 CallbackRecord(
-                    url=o.url, headers=o.headers, body=o.body, status=o.status,
-                    response_body=o.response_body, error=o.error, request_id=req.request_id,
+                    url=o.url,
+                    headers=o.headers,
+                    body=o.body,
+                    status=o.status,
+                    response_body=o.response_body,
+                    error=o.error,
+                    request_id=req.request_id,
                 )
                 for o in outcomes
             )
@@ -768,7 +846,9 @@ class EmulatorApp:
             u.bucket == req.bucket for u in self.store.uploads.values()
         ):
             raise OSSErrorResponse(
-                409, "BucketNotEmpty", "The bucket you tried to delete is not empty.",
+                409,
+                "BucketNotEmpty",
+                "The bucket you tried to delete is not empty.",
                 [("BucketName", req.bucket)],
             )
         self.store.delete_bucket(req.bucket)
@@ -853,16 +933,23 @@ class EmulatorApp:
         limit = _int_param(q, "max-keys", 100, 0, 1000)
         objs, prefixes, truncated, last = self._walk(req.bucket, prefix, delimiter, marker, limit)
         children = (
-            _el("Name", req.bucket) + _el("Prefix", enc(prefix)) + _el("Marker", enc(marker))
-            + _el("MaxKeys", limit) + _el("Delimiter", enc(delimiter)) + enc_xml
+            _el("Name", req.bucket)
+            + _el("Prefix", enc(prefix))
+            + _el("Marker", enc(marker))
+            + _el("MaxKeys", limit)
+            + _el("Delimiter", enc(delimiter))
+            + enc_xml
             + _el("IsTruncated", str(truncated).lower())
             + (_el("NextMarker", enc(last)) if truncated else "")
             + self._contents(objs, enc, owner=True)
-            + "".join(f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n"
-                      for p in prefixes)
+            + "".join(
+                f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n"
+                for p in prefixes
+            )
         )
         return Response(
-            status=200, headers=[("Content-Type", "application/xml")],
+            status=200,
+            headers=[("Content-Type", "application/xml")],
             body=_xml_doc("ListBucketResult", children),
         )
 
@@ -879,19 +966,25 @@ class EmulatorApp:
         limit = _int_param(q, "max-keys", 100, 0, 1000)
         objs, prefixes, truncated, last = self._walk(req.bucket, prefix, delimiter, marker, limit)
         children = (
-            _el("Name", req.bucket) + _el("Prefix", enc(prefix))
+            _el("Name", req.bucket)
+            + _el("Prefix", enc(prefix))
             + (_el("StartAfter", enc(start_after)) if "start-after" in q else "")
             + (_el("ContinuationToken", token) if token else "")
-            + _el("MaxKeys", limit) + _el("Delimiter", enc(delimiter)) + enc_xml
+            + _el("MaxKeys", limit)
+            + _el("Delimiter", enc(delimiter))
+            + enc_xml
             + _el("IsTruncated", str(truncated).lower())
             + (_el("NextContinuationToken", _token_encode(last)) if truncated else "")
             + _el("KeyCount", len(objs) + len(prefixes))
             + self._contents(objs, enc, owner=q.get("fetch-owner") == "true")
-            + "".join(f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n"
-                      for p in prefixes)
+            + "".join(
+                f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n"
+                for p in prefixes
+            )
         )
         return Response(
-            status=200, headers=[("Content-Type", "application/xml")],
+            status=200,
+            headers=[("Content-Type", "application/xml")],
             body=_xml_doc("ListBucketResult", children),
         )
 
@@ -903,8 +996,11 @@ class EmulatorApp:
         key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
         limit = _int_param(q, "max-uploads", 1000, 1, 1000)
         uploads = sorted(
-            (u for u in list(self.store.uploads.values())
-             if u.bucket == req.bucket and u.key.startswith(prefix)),
+            (
+                u
+                for u in list(self.store.uploads.values())
+                if u.bucket == req.bucket and u.key.startswith(prefix)
+            ),
             key=lambda u: (u.key, u.initiated, u.upload_id),
         )
         entries: list[str] = []
@@ -912,9 +1008,10 @@ class EmulatorApp:
         truncated = False
         next_key = next_id = ""
         for u in uploads:
-            if key_marker and (u.key < key_marker or (
-                u.key == key_marker and (not id_marker or u.upload_id <= id_marker)
-            )):
+            if key_marker and (
+                u.key < key_marker
+                or (u.key == key_marker and (not id_marker or u.upload_id <= id_marker))
+            ):
                 continue
             common = None
             if delimiter:
@@ -928,24 +1025,34 @@ class EmulatorApp:
                 break
             if common is not None:
                 seen_prefixes.add(common)
-                entries.append(f"  <CommonPrefixes><Prefix>{_x(enc(common))}</Prefix></CommonPrefixes>\n")
+                entries.append(
+                    f"  <CommonPrefixes><Prefix>{_x(enc(common))}</Prefix></CommonPrefixes>\n"
+                )
                 next_key, next_id = common, ""
                 continue
             entries.append(
-                f"  <Upload>\n    <Key>{_x(enc(u.key))}</Key>\n    <UploadId>{u.upload_id}</UploadId>\n"
+                f"  <Upload>\n    <Key>{_x(enc(u.key))}</Key>\n"
+                f"    <UploadId>{u.upload_id}</UploadId>\n"
                 f"    <StorageClass>Standard</StorageClass>\n"
                 f"    <Initiated>{_iso(u.initiated)}</Initiated>\n  </Upload>\n"
             )
             next_key, next_id = u.key, u.upload_id
         children = (
-            _el("Bucket", req.bucket) + _el("KeyMarker", enc(key_marker))
-            + _el("UploadIdMarker", id_marker) + _el("NextKeyMarker", enc(next_key))
-            + _el("NextUploadIdMarker", next_id) + _el("Delimiter", enc(delimiter))
-            + _el("Prefix", enc(prefix)) + _el("MaxUploads", limit) + enc_xml
-            + _el("IsTruncated", str(truncated).lower()) + "".join(entries)
+            _el("Bucket", req.bucket)
+            + _el("KeyMarker", enc(key_marker))
+            + _el("UploadIdMarker", id_marker)
+            + _el("NextKeyMarker", enc(next_key))
+            + _el("NextUploadIdMarker", next_id)
+            + _el("Delimiter", enc(delimiter))
+            + _el("Prefix", enc(prefix))
+            + _el("MaxUploads", limit)
+            + enc_xml
+            + _el("IsTruncated", str(truncated).lower())
+            + "".join(entries)
         )
         return Response(
-            status=200, headers=[("Content-Type", "application/xml")],
+            status=200,
+            headers=[("Content-Type", "application/xml")],
             body=_xml_doc("ListMultipartUploadsResult", children),
         )
 
@@ -969,16 +1076,26 @@ class EmulatorApp:
             bucket, key
         ):
             raise OSSErrorResponse(
-                409, "FileAlreadyExists", "The object you specified already exists and can "
-                "not be overwritten.", [("Key", key)],
+                409,
+                "FileAlreadyExists",
+                "The object you specified already exists and can not be overwritten.",
+                [("Key", key)],
             )
         content_type, metadata, stored = self._upload_metadata(req.headers)
         temp, size, md5, crc = await self._receive_body(req, expected_md5, declared)
         content_md5 = base64.b64encode(md5).decode()
         obj = self.store.commit_object(
-            bucket=bucket, key=key, temp=temp, size=size, etag=md5.hex().upper(), crc=crc,
-            content_md5=content_md5, content_type=content_type, metadata=metadata,
-            headers=stored, object_type="Normal",
+            bucket=bucket,
+            key=key,
+            temp=temp,
+            size=size,
+            etag=md5.hex().upper(),
+            crc=crc,
+            content_md5=content_md5,
+            content_type=content_type,
+            metadata=metadata,
+            headers=stored,
+            object_type="Normal",
         )
         headers = [
             ("ETag", _quote_etag(obj.etag)),
@@ -1008,8 +1125,12 @@ class EmulatorApp:
         etag = _quote_etag(obj.etag)
         h = req.headers
         if "if-match" in h and h["if-match"].strip() not in (etag, obj.etag, "*"):
-            raise OSSErrorResponse(412, "PreconditionFailed", "At least one of the pre-conditions "
-                                   "you specified did not hold.", [("Condition", "If-Match")])
+            raise OSSErrorResponse(
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold.",
+                [("Condition", "If-Match")],
+            )
         if "if-none-match" in h and h["if-none-match"].strip() in (etag, obj.etag, "*"):
             return Response(status=304, headers=[("ETag", etag)])
         for name, newer in (("if-unmodified-since", False), ("if-modified-since", True)):
@@ -1023,9 +1144,12 @@ class EmulatorApp:
             if newer and not modified:
                 return Response(status=304, headers=[("ETag", etag)])
             if not newer and modified:
-                raise OSSErrorResponse(412, "PreconditionFailed", "At least one of the "
-                                       "pre-conditions you specified did not hold.",
-                                       [("Condition", "If-Unmodified-Since")])
+                raise OSSErrorResponse(
+                    412,
+                    "PreconditionFailed",
+                    "At least one of the pre-conditions you specified did not hold.",
+                    [("Condition", "If-Unmodified-Since")],
+                )
         return None
 
     async def _op_GetObject(self, req: Request) -> Response:
@@ -1047,8 +1171,6 @@ class EmulatorApp:
                 status, start, length = 206, span[0], span[1] - span[0] + 1
                 headers.append(("Content-Range", f"bytes {span[0]}-{span[1]}/{obj.size}"))
         path = self.store.data_path(obj)
-        if req.method == "HEAD":
-            return Response(status=status, headers=headers, length=length, stream=iter(()))
         try:
             stream = iter_file(path, start, length)
             first = next(stream, b"")
@@ -1057,7 +1179,9 @@ class EmulatorApp:
                 404, "NoSuchKey", "The specified key does not exist.", [("Key", obj.key)]
             ) from None
         return Response(
-            status=status, headers=headers, length=length,
+            status=status,
+            headers=headers,
+            length=length,
             stream=itertools.chain((first,), stream),
         )
 
@@ -1077,13 +1201,15 @@ class EmulatorApp:
 
     # ------------------------------------------------------------------ multipart
 
-    def _upload_or_404(self, req: Request) -> Any:
+    def _upload_or_404(self, req: Request) -> Upload:
         bucket, key = self._bucket_key(req)
         upload_id = req.q.get("uploadId", "")
         upload = self.store.uploads.get(upload_id)
         if upload is None or upload.bucket != bucket or upload.key != key or upload.completing:
             raise OSSErrorResponse(
-                404, "NoSuchUpload", "The specified upload does not exist. The upload ID may "
+                404,
+                "NoSuchUpload",
+                "The specified upload does not exist. The upload ID may "
                 "be invalid, or the upload may have been aborted or completed.",
                 [("UploadId", upload_id)],
             )
@@ -1098,7 +1224,9 @@ class EmulatorApp:
         )
         body = _xml_doc(
             "InitiateMultipartUploadResult",
-            _el("Bucket", bucket) + _el("Key", enc(key)) + _el("UploadId", upload.upload_id)
+            _el("Bucket", bucket)
+            + _el("Key", enc(key))
+            + _el("UploadId", upload.upload_id)
             + enc_xml,
         )
         return Response(status=200, headers=[("Content-Type", "application/xml")], body=body)
@@ -1108,7 +1236,8 @@ class EmulatorApp:
         if not raw_number.isdigit() or not 1 <= int(raw_number) <= MAX_PART_NUMBER:
             raise _invalid_argument(
                 "Part number must be an integer between 1 and 10000, inclusive.",
-                "partNumber", raw_number,
+                "partNumber",
+                raw_number,
             )
         upload = self._upload_or_404(req)
         expected_md5 = self._expected_md5(req.headers)
@@ -1118,7 +1247,9 @@ class EmulatorApp:
             part = self.store.commit_part(upload, int(raw_number), temp, size, md5, crc)
         except FileNotFoundError:
             raise OSSErrorResponse(
-                404, "NoSuchUpload", "The specified upload does not exist.",
+                404,
+                "NoSuchUpload",
+                "The specified upload does not exist.",
                 [("UploadId", upload.upload_id)],
             ) from None
         return Response(
@@ -1133,8 +1264,10 @@ class EmulatorApp:
     @staticmethod
     def _parse_complete(body: bytes) -> list[tuple[int, str]]:
         malformed = OSSErrorResponse(
-            400, "MalformedXML", "The XML you provided was not well-formed or did not validate "
-            "against our published schema."
+            400,
+            "MalformedXML",
+            "The XML you provided was not well-formed or did not validate "
+            "against our published schema.",
         )
         if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
             raise malformed
@@ -1165,13 +1298,16 @@ class EmulatorApp:
         expected_md5 = self._expected_md5(req.headers)
         body = await req.read_body(MAX_COMPLETE_BODY)
         if expected_md5 is not None and hashlib.md5(body).digest() != expected_md5:  # noqa: S324
-            raise OSSErrorResponse(400, "InvalidDigest", "The Content-MD5 you specified was invalid.")
+            raise OSSErrorResponse(
+                400, "InvalidDigest", "The Content-MD5 you specified was invalid."
+            )
         chosen: list[PartInfo] = []
         if req.headers.get("x-oss-complete-all", "").lower() == "yes":
             if body.strip():
                 raise _invalid_argument(
                     "Should not specify both complete-all header and body.",
-                    "x-oss-complete-all", "yes",
+                    "x-oss-complete-all",
+                    "yes",
                 )
             chosen = [upload.parts[n] for n in sorted(upload.parts)]
             if not chosen:
@@ -1181,7 +1317,9 @@ class EmulatorApp:
             for number, etag in self._parse_complete(body):
                 if not 1 <= number <= MAX_PART_NUMBER or number <= previous:
                     raise OSSErrorResponse(
-                        400, "InvalidPartOrder", "The list of parts was not in ascending order. "
+                        400,
+                        "InvalidPartOrder",
+                        "The list of parts was not in ascending order. "
                         "The parts list must be specified in order by part number.",
                         [("PartNumber", str(number))],
                     )
@@ -1189,24 +1327,36 @@ class EmulatorApp:
                 part = upload.parts.get(number)
                 if part is None or part.etag != etag:
                     raise OSSErrorResponse(
-                        400, "InvalidPart", "One or more of the specified parts could not be "
+                        400,
+                        "InvalidPart",
+                        "One or more of the specified parts could not be "
                         "found or the specified entity tag might not have matched the part's "
-                        "entity tag.", [("PartNumber", str(number)), ("ETag", etag)],
+                        "entity tag.",
+                        [("PartNumber", str(number)), ("ETag", etag)],
                     )
                 chosen.append(part)
         for part in chosen[:-1]:
             if part.size < MIN_PART_SIZE:
                 raise OSSErrorResponse(
-                    400, "EntityTooSmall", "Your proposed upload smaller than the minimum "
-                    "allowed object size.",
-                    [("ProposedSize", str(part.size)), ("MinSizeAllowed", str(MIN_PART_SIZE)),
-                     ("PartNumber", str(part.number)), ("ETag", part.etag)],
+                    400,
+                    "EntityTooSmall",
+                    "Your proposed upload smaller than the minimum allowed object size.",
+                    [
+                        ("ProposedSize", str(part.size)),
+                        ("MinSizeAllowed", str(MIN_PART_SIZE)),
+                        ("PartNumber", str(part.number)),
+                        ("ETag", part.etag),
+                    ],
                 )
         if req.headers.get("x-oss-forbid-overwrite", "").lower() == "true" and self.store.get(
             bucket, key
         ):
-            raise OSSErrorResponse(409, "FileAlreadyExists", "The object you specified already "
-                                   "exists and can not be overwritten.", [("Key", key)])
+            raise OSSErrorResponse(
+                409,
+                "FileAlreadyExists",
+                "The object you specified already exists and can not be overwritten.",
+                [("Key", key)],
+            )
         if upload.completing:
             raise OSSErrorResponse(404, "NoSuchUpload", "The specified upload does not exist.")
         upload.completing = True
@@ -1221,15 +1371,26 @@ class EmulatorApp:
             raise
         etag, crc, size = combined_part_checksums(chosen)
         obj = self.store.commit_object(
-            bucket=bucket, key=key, temp=temp, size=size, etag=etag, crc=crc, content_md5=None,
-            content_type=upload.content_type, metadata=upload.metadata, headers=upload.headers,
+            bucket=bucket,
+            key=key,
+            temp=temp,
+            size=size,
+            etag=etag,
+            crc=crc,
+            content_md5=None,
+            content_type=upload.content_type,
+            metadata=upload.metadata,
+            headers=upload.headers,
             object_type="Multipart",
         )
         self.store.drop_upload(upload.upload_id)
         xml = _xml_doc(
             "CompleteMultipartUploadResult",
-            enc_xml + _el("Location", f"{self.endpoint}/{bucket}/{quote(key)}")
-            + _el("Bucket", bucket) + _el("Key", enc(key)) + _el("ETag", _quote_etag(etag)),
+            enc_xml
+            + _el("Location", f"{self.endpoint}/{bucket}/{quote(key)}")
+            + _el("Bucket", bucket)
+            + _el("Key", enc(key))
+            + _el("ETag", _quote_etag(etag)),
         )
         headers = [("ETag", _quote_etag(etag)), ("x-oss-hash-crc64ecma", str(crc))]
         return await self._finish_upload(req, obj, config, headers, xml, "application/xml")
@@ -1253,14 +1414,19 @@ class EmulatorApp:
             for p in (upload.parts[n] for n in page)
         )
         children = (
-            _el("Bucket", bucket) + _el("Key", enc(key)) + _el("UploadId", upload.upload_id)
+            _el("Bucket", bucket)
+            + _el("Key", enc(key))
+            + _el("UploadId", upload.upload_id)
             + _el("PartNumberMarker", marker)
             + _el("NextPartNumberMarker", page[-1] if page else marker)
-            + _el("MaxParts", limit) + _el("IsTruncated", str(truncated).lower()) + enc_xml
+            + _el("MaxParts", limit)
+            + _el("IsTruncated", str(truncated).lower())
+            + enc_xml
             + parts_xml
         )
         return Response(
-            status=200, headers=[("Content-Type", "application/xml")],
+            status=200,
+            headers=[("Content-Type", "application/xml")],
             body=_xml_doc("ListPartsResult", children),
         )
 

@@ -223,8 +223,7 @@ def _verify_v4(
         )
     if date != x_oss_date[:8]:
         raise _denied(
-            f"The date {date!r} in the Credential scope does not match x-oss-date "
-            f"{x_oss_date!r}.",
+            f"The date {date!r} in the Credential scope does not match x-oss-date {x_oss_date!r}.",
             "SignatureDoesNotMatch",
             ("OSSAccessKeyId", access_key_id),
         )
@@ -248,8 +247,7 @@ def _parse_v4_authorization(value: str) -> dict[str, str]:
         raise OSSErrorResponse(
             400,
             "InvalidArgument",
-            "Authorization header is invalid: OSS4-HMAC-SHA256 needs Credential= and "
-            "Signature=.",
+            "Authorization header is invalid: OSS4-HMAC-SHA256 needs Credential= and Signature=.",
             [("ArgumentName", "Authorization"), ("ArgumentValue", value)],
         )
     return fields
@@ -326,7 +324,9 @@ def authenticate(
             raise _denied("Request has expired.", "AccessDenied", ("Expires", expires))
         signed_headers = {k: v for k, v in headers.items() if k not in ("date", "x-oss-date")}
         signed_headers["date"] = expires
-        return _verify_v1(req, store, query["OSSAccessKeyId"], query["Signature"], signed_headers, query)
+        return _verify_v1(
+            req, store, query["OSSAccessKeyId"], query["Signature"], signed_headers, query
+        )
 
     if "x-oss-signature" in query:  # V4 presigned URL
         if query.get("x-oss-signature-version") != V4_ALGORITHM:

@@ -80,8 +80,10 @@ def main_emulator(argv: list[str] | None = None) -> int:
         try:
             emulator.start()
         except OSError as exc:
-            print(f"oss-callback emulator: cannot listen on {args.host}:{args.port}: {exc}",
-                  file=sys.stderr)
+            print(
+                f"oss-callback emulator: cannot listen on {args.host}:{args.port}: {exc}",
+                file=sys.stderr,
+            )
             return 1
         try:
             print(f"OSS emulator listening on {emulator.endpoint}", flush=True)

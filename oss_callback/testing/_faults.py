@@ -41,7 +41,9 @@ class Fault:
       handling the request (nothing is stored);
     * ``corrupt_crc``: handle it normally but answer a wrong ``x-oss-hash-crc64ecma``;
     * ``corrupt_body``: handle it normally but flip the first byte of a response body
-      (e.g. a GetObject download).
+      (e.g. a GetObject download);
+    * ``drop_after_bytes``: handle it normally, send the response headers and this many
+      body bytes, then close the connection (a download cut off mid-body).
 
     Attributes:
         method: HTTP method to match, e.g. ``"PUT"``.
@@ -74,6 +76,7 @@ class Fault:
     delay: float = 0.0
     corrupt_crc: bool = False
     corrupt_body: bool = False
+    drop_after_bytes: int | None = None
     matched: int = 0
     fired: int = 0
 
@@ -90,10 +93,11 @@ class Fault:
             or self.delay
             or self.corrupt_crc
             or self.corrupt_body
+            or self.drop_after_bytes is not None
         ):
             raise ValueError(
-                "a Fault needs an effect: status=, drop_connection=, delay=, corrupt_crc= "
-                "or corrupt_body="
+                "a Fault needs an effect: status=, drop_connection=, delay=, corrupt_crc=, "
+                "corrupt_body= or drop_after_bytes="
             )
 
     def matches(self, request: RequestInfo) -> bool:

@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_GET = _handle
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet."""
 
 

@@ -34,7 +34,7 @@ from .._crc64 import crc64, crc64_combine
 
 __all__ = ["BodySink", "PartInfo", "Store", "StoredObject", "Upload"]
 
-_FLUSH_BYTES = 1 << 20
+_FLUSH_BYTES = 1 << 22
 _COPY_BUFFER = 1 << 20
 
 
@@ -110,10 +110,7 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)
 
 
 class BodySink:
@@ -131,11 +128,14 @@ class BodySink:
         self._crc = 0
         self.size = 0
         self._buffer = bytearray()
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[Any] | None = None
 
-    def _process(self, data: bytes | bytearray) -> None:
+    def _hash(self, data: bytes | bytearray) -> None:
         self._md5.update(data)
         self._crc = crc64(data, self._crc)
+
+    def _process(self, data: bytes | bytearray) -> None:
+        self._hash(data)
         self._file.write(data)
 
     async def write(self, chunk: bytes) -> None:
@@ -149,7 +149,12 @@ class BodySink:
         data, self._buffer = self._buffer, bytearray()
         if self._pending is not None:
             await self._pending
-        self._pending = asyncio.get_running_loop().run_in_executor(None, self._process, data)
+        # Hashing and writing run on two worker threads at once (both release the GIL).
+        loop = asyncio.get_running_loop()
+        self._pending = asyncio.gather(
+            loop.run_in_executor(None, self._hash, data),
+            loop.run_in_executor(None, self._file.write, data),
+        )
 
     async def finish(self) -> tuple[int, bytes, int]:
         """Write what is left and close the file.
