@@ -150,6 +150,7 @@ class _Progress:
         self._task: Any = None
         self._last = 0.0
         self._last_pct = -1
+        self._last_done = -1
 
     def __enter__(self) -> Callable[[int, int | None], None]:
         if self.quiet:
@@ -181,9 +182,10 @@ class _Progress:
             return
         now = time.monotonic()
         pct = int(done * 100 / total) if total else 0
+        if done == 0 or (done, pct) == (self._last_done, self._last_pct):
+            return
         if done == total or now - self._last >= 1.0 or pct >= self._last_pct + 10:
-            if pct == self._last_pct and done != total:
-                return
+            self._last_done = done
             self._last, self._last_pct = now, pct
             print(f"{self.label}: {done}/{total if total is not None else '?'} bytes ({pct}%)",
                   file=self.stream, flush=True)

@@ -98,6 +98,10 @@ class ClientDisconnected(Exception):
     """The client went away while we were reading its body."""
 
 
+class DropConnection(Exception):
+    """A fault asks to close the connection instead of answering (properly)."""
+
+
 @attrs.define(kw_only=True)
 class Request:
     """A parsed request."""
@@ -116,6 +120,7 @@ class Request:
     receive: Receive
     body_size: int = 0
     body_done: bool = False
+    response_started: bool = False
     started: float = attrs.field(factory=time.monotonic)
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
@@ -431,7 +436,6 @@ class EmulatorApp:
             and "transfer-encoding" not in headers,
         )
         fired: list[Fault] = []
-        dropped = False
         try:
             try:
                 self._route(req)
@@ -439,20 +443,19 @@ class EmulatorApp:
             except OSSErrorResponse as exc:
                 await req.drain()
                 response = self._error(req, exc)
-            except ClientDisconnected:
-                dropped = True
-                response = Response(status=499, error_code="ClientDisconnected")
-            if response.status == -1:
-                dropped = True
-                await self._drop(send, response)
-            elif not dropped:
-                await self._send(req, response, fired, send)
+            await self._send(req, response, fired, send)
+        except DropConnection:
+            response = Response(status=-1, error_code="ConnectionDropped")
+            await self._drop(send, started=req.response_started)
+        except ClientDisconnected:
+            response = Response(status=-1, error_code="ClientDisconnected")
         except Exception as exc:
             logger.exception("oss emulator: internal error (request %s)", request_id)
             response = self._error(
                 req, OSSErrorResponse(500, "InternalError", f"Emulator error: {type(exc).__name__}")
             )
-            await self._send(req, response, [], send)
+            if not req.response_started:
+                await self._send(req, response, [], send)
         self._record(req, response, bool(fired))
 
     # ------------------------------------------------------------------ plumbing
@@ -511,9 +514,8 @@ class EmulatorApp:
         for fault in fired:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
-        for fault in fired:
-            if fault.drop_connection:
-                return Response(status=-1, error_code="ConnectionDropped")
+        if any(fault.drop_connection for fault in fired):
+            raise DropConnection
         for fault in fired:
             if fault.status is not None:
                 await req.drain()
@@ -597,6 +599,7 @@ class EmulatorApp:
             # We answer before reading the whole body (e.g. an error): don't reuse the
             # connection, the unread body would be parsed as the next request.
             raw_headers.append((b"connection", b"close"))
+        req.response_started = True
         await send(
             {"type": "http.response.start", "status": response.status, "headers": raw_headers}
         )
@@ -620,14 +623,13 @@ class EmulatorApp:
                 await send(
                     {"type": "http.response.body", "body": chunk[: cut - sent], "more_body": True}
                 )
-                await self._drop(send, response, started=True)
-                return
+                raise DropConnection
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
-    async def _drop(send: Send, response: Response, started: bool = False) -> None:
+    async def _drop(send: Send, started: bool) -> None:
         """Close the connection: with no answer at all, or (``started``) mid-body."""
         cycle = getattr(send, "__self__", None)
         transport = getattr(cycle, "transport", None)
@@ -657,7 +659,7 @@ class EmulatorApp:
             query=tuple(req.query),
             headers={k: v for k, v in req.headers.items() if k != "authorization"},
             operation=req.operation,
-            status=response.status if response.status != 499 else -1,
+            status=response.status,
             error_code=response.error_code,
             body_size=req.body_size,
             request_id=req.request_id,

@@ -17,6 +17,7 @@ listings never touch the metadata files.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import os
@@ -34,7 +35,8 @@ from .._crc64 import crc64, crc64_combine
 
 __all__ = ["BodySink", "PartInfo", "Store", "StoredObject", "Upload"]
 
-_FLUSH_BYTES = 1 << 22
+_FLUSH_BYTES = 1 << 20
+_MAX_IN_FLIGHT = 8  # batches per body: bounds memory at ~8 MiB per upload
 _COPY_BUFFER = 1 << 20
 
 
@@ -116,27 +118,38 @@ def _unlink(path: Path) -> None:
 class BodySink:
     """Streams a request body to a temporary file, hashing MD5 and CRC-64 on the way.
 
-    Chunks are batched to about 1 MiB; each batch is hashed and written on a worker thread
-    while the event loop receives the next one (hashlib, fastcrc and file writes release
-    the GIL), so receiving and hashing overlap and the loop never blocks on the disk.
+    Chunks are batched to about 1 MiB.  Each batch is written (``pwrite`` at its offset)
+    and hashed (in order, chained after the previous batch) on worker threads, while the
+    event loop goes on receiving: up to ``_MAX_IN_FLIGHT`` batches are in flight per
+    body, so the socket keeps flowing during hashing (hashlib, fastcrc and file writes all
+    release the GIL) and memory stays bounded.  The loop never blocks on the disk.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._md5 = hashlib.md5()  # noqa: S324 - OSS's ETag/Content-MD5 are MD5
         self._crc = 0
         self.size = 0
+        self._offset = 0
         self._buffer = bytearray()
-        self._pending: asyncio.Future[Any] | None = None
+        self._hash_tail: asyncio.Future[None] | None = None
+        self._in_flight: collections.deque[asyncio.Future[Any]] = collections.deque()
 
     def _hash(self, data: bytes | bytearray) -> None:
         self._md5.update(data)
         self._crc = crc64(data, self._crc)
 
-    def _process(self, data: bytes | bytearray) -> None:
-        self._hash(data)
-        self._file.write(data)
+    def _write_at(self, data: bytes | bytearray, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    async def _hash_after(self, previous: asyncio.Future[None] | None, data: bytearray) -> None:
+        if previous is not None:
+            await previous
+        await asyncio.get_running_loop().run_in_executor(None, self._hash, data)
 
     async def write(self, chunk: bytes) -> None:
         """Add a chunk of the body."""
@@ -147,14 +160,13 @@ class BodySink:
 
     async def _flush(self) -> None:
         data, self._buffer = self._buffer, bytearray()
-        if self._pending is not None:
-            await self._pending
-        # Hashing and writing run on two worker threads at once (both release the GIL).
+        offset, self._offset = self._offset, self._offset + len(data)
         loop = asyncio.get_running_loop()
-        self._pending = asyncio.gather(
-            loop.run_in_executor(None, self._hash, data),
-            loop.run_in_executor(None, self._file.write, data),
-        )
+        self._hash_tail = asyncio.ensure_future(self._hash_after(self._hash_tail, data))
+        written = loop.run_in_executor(None, self._write_at, data, offset)
+        self._in_flight.append(asyncio.gather(self._hash_tail, written))
+        while len(self._in_flight) > _MAX_IN_FLIGHT:
+            await self._in_flight.popleft()
 
     async def finish(self) -> tuple[int, bytes, int]:
         """Write what is left and close the file.
@@ -163,22 +175,23 @@ class BodySink:
             ``(size, md5 digest, crc64)``.
         """
         try:
-            if self._pending is None:
-                self._process(self._buffer)  # small body: not worth a thread hop
+            if not self._in_flight:  # small body: not worth a thread hop
+                self._hash(self._buffer)
+                self._write_at(self._buffer, self._offset)
             else:
                 await self._flush()
-                await self._pending
+                while self._in_flight:
+                    await self._in_flight.popleft()
         finally:
-            self._file.close()
+            os.close(self._fd)
         return self.size, self._md5.digest(), self._crc
 
     async def abort(self) -> None:
         """Discard the body and delete the file."""
         try:
-            if self._pending is not None:
-                await asyncio.gather(self._pending, return_exceptions=True)
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         finally:
-            self._file.close()
+            os.close(self._fd)
             _unlink(self.path)
 
 

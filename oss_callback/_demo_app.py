@@ -1,0 +1,45 @@
+"""The demo's callback server: a FastAPI app that verifies callbacks and records them.
+
+Kept in its own module without ``from __future__ import annotations`` so that FastAPI can
+resolve the ``Annotated[..., Depends(...)]`` parameters of routes defined in a function.
+"""
+
+import sqlite3
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
+
+from .fastapi import callback_dependency
+from .server import CallbackVerifier, VerifiedCallback
+
+__all__ = ["make_callback_app"]
+
+
+def make_callback_app(
+    verifier: CallbackVerifier, db: sqlite3.Connection, seen: list[dict[str, Any]]
+) -> FastAPI:
+    """``POST /oss-callback`` records the upload in ``db``; ``/oss-callback-broken`` fails."""
+    app = FastAPI()
+    verified_callback = callback_dependency(verifier)
+
+    @app.post("/oss-callback")
+    async def on_upload(
+        cb: Annotated[VerifiedCallback, Depends(verified_callback)],
+    ) -> dict[str, Any]:
+        fields = dict(cb.fields)
+        seen.append(fields)
+        cur = db.execute(
+            "INSERT INTO uploads (bucket, object, size, etag, crc64, uid) VALUES (?,?,?,?,?,?)",
+            (fields.get("bucket"), fields.get("object"), int(fields.get("size") or 0),
+             fields.get("etag"), fields.get("crc64"), fields.get("uid")),
+        )
+        db.commit()
+        return {"Status": "OK", "recorded_id": cur.lastrowid}
+
+    @app.post("/oss-callback-broken")
+    async def broken(cb: Annotated[VerifiedCallback, Depends(verified_callback)]) -> JSONResponse:
+        # a failing application server: OSS turns this into 203 CallbackFailed
+        return JSONResponse({"error": "the database is down (on purpose)"}, status_code=500)
+
+    return app
