@@ -131,7 +131,8 @@ class FileRangeBody(Body):
                     await anyio.to_thread.run_sync(self._check_unchanged, f)
                 yield data, crc
         finally:
-            await anyio.to_thread.run_sync(f.close)
+            with anyio.CancelScope(shield=True):  # close even when cancelled: no fd leak
+                await anyio.to_thread.run_sync(f.close)
 
 
 class FileObjBody(Body):

@@ -13,6 +13,7 @@ from typing import IO, Any
 
 import anyio
 import anyio.to_thread
+import attrs
 import httpx
 
 from ._body import Body, ProgressFn, make_body
@@ -41,6 +42,8 @@ from ._xml import complete_body, parse_xml, strip_etag
 __all__ = ["AsyncBucket", "AsyncClient"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=None)
+ENV_ENDPOINT = "OSS_ENDPOINT"
+ENV_REGION = "OSS_REGION"
 DEFAULT_MAX_CONNECTIONS = 64
 _SIGNATURE_VERSIONS = ("v1", "v4")
 
@@ -55,11 +58,12 @@ class AsyncClient:
 
     Args:
         endpoint: ``https://oss-cn-hangzhou.aliyuncs.com``, ``http://127.0.0.1:9000`` or a bare
-            host (https assumed).
+            host (https assumed); ``None`` reads ``OSS_ENDPOINT``.
         access_key_id: ``None`` reads ``OSS_ACCESS_KEY_ID``.
         access_key_secret: ``None`` reads ``OSS_ACCESS_KEY_SECRET``.
         security_token: the STS token; ``None`` reads ``OSS_SESSION_TOKEN`` (optional).
-        region: e.g. ``cn-hangzhou``; derived from OSS endpoints. V4 needs it.
+        region: e.g. ``cn-hangzhou``; derived from OSS endpoints, else ``OSS_REGION``.
+            V4 needs it.
         signature_version: ``"v4"`` (default) or ``"v1"``.
         path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
@@ -77,7 +81,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None = None,
         access_key_id: str | None = None,
         access_key_secret: str | None = None,
         *,
@@ -94,12 +98,21 @@ class AsyncClient:
             raise ValueError(
                 f"signature_version must be 'v4' or 'v1', got {signature_version!r}"
             )
+        if endpoint is None:
+            endpoint = os.environ.get(ENV_ENDPOINT)
+            if not endpoint:
+                raise ValueError(
+                    "no endpoint: pass endpoint='https://oss-<region>.aliyuncs.com' or set "
+                    f"${ENV_ENDPOINT}"
+                )
         parsed = Endpoint.parse(endpoint, region=region, path_style=path_style)
+        if parsed.region is None and os.environ.get(ENV_REGION):
+            parsed = attrs.evolve(parsed, region=os.environ[ENV_REGION])
         if signature_version == "v4" and not parsed.region:
             raise ValueError(
                 f"V4 signing needs a region and none can be derived from {endpoint!r}: pass "
-                "region='cn-hangzhou' (or whichever region the bucket is in), or "
-                "signature_version='v1'"
+                "region='cn-hangzhou' (or whichever region the bucket is in), set "
+                f"${ENV_REGION}, or use signature_version='v1'"
             )
         credentials = Credentials.resolve(access_key_id, access_key_secret, security_token)
         if max_connections < 1:
@@ -254,8 +267,6 @@ class AsyncBucket:
     ) -> None:
         self.name = validate_bucket_name(name)
         if client is None:
-            if endpoint is None:
-                raise ValueError("pass endpoint=... (or client=...) to build an AsyncBucket")
             client = AsyncClient(endpoint, access_key_id, access_key_secret, **client_kwargs)
             self._owns_client = True
         else:

@@ -291,7 +291,7 @@ class Client:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None = None,
         access_key_id: str | None = None,
         access_key_secret: str | None = None,
         *,

@@ -164,6 +164,21 @@ def test_put_get_head_delete(oss_emulator: OSSEmulator, oss_bucket: str, version
     assert error_field(missing, "Key") == "dir/hello.txt"
 
 
+def test_content_type_guessed_from_extension(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
+    oss_request(oss_emulator, "PUT", oss_bucket, "pics/cat.png", body=b"x")
+    oss_request(oss_emulator, "PUT", oss_bucket, "noext", body=b"x")
+    oss_request(
+        oss_emulator, "PUT", oss_bucket, "a.txt", body=b"x", headers={"Content-Type": "x/y"}
+    )
+    head = oss_request(oss_emulator, "HEAD", oss_bucket, "pics/cat.png")
+    assert head.headers["content-type"] == "image/png"
+    types = {k: oss_emulator.head_object(oss_bucket, k) for k in ("noext", "a.txt")}
+    assert {k: v.content_type if v else None for k, v in types.items()} == {
+        "noext": "application/octet-stream",
+        "a.txt": "x/y",
+    }
+
+
 def test_empty_object_and_response_overrides(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
     r = oss_request(oss_emulator, "PUT", oss_bucket, "empty", body=b"")
     assert r.headers["x-oss-hash-crc64ecma"] == "0"
@@ -255,6 +270,32 @@ def test_bucket_and_key_errors(oss_emulator: OSSEmulator, oss_bucket: str) -> No
     r = oss_request(oss_emulator, "PUT", oss_bucket, "/abs", body=b"x")
     assert (r.status_code, error_code(r)) == (400, "InvalidObjectName")
     assert oss_emulator.list_keys(oss_bucket) == ["k" * 1023]
+
+
+def test_delete_multiple_objects(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
+    for key in ("a", "b c", "keep"):
+        oss_request(oss_emulator, "PUT", oss_bucket, key, body=b"1")
+    body = b"<Delete><Quiet>false</Quiet><Object><Key>a</Key></Object>"
+    body += b"<Object><Key>b c</Key></Object><Object><Key>never-existed</Key></Object></Delete>"
+    r = oss_request(
+        oss_emulator,
+        "POST",
+        oss_bucket,
+        query=[("delete", ""), ("encoding-type", "url")],
+        body=body,
+        headers={"Content-MD5": _md5_b64(body)},
+    )
+    assert r.status_code == 200, r.text
+    root = ET.fromstring(r.content)
+    assert [k.text for k in root.iter("Key")] == ["a", "b%20c", "never-existed"]
+    assert oss_emulator.list_keys(oss_bucket) == ["keep"]
+    r = oss_request(oss_emulator, "POST", oss_bucket, query=[("delete", "")], body=b"<Delete/>")
+    assert (r.status_code, error_code(r)) == (400, "MalformedXML")
+
+
+def test_empty_object_name(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
+    r = oss_request(oss_emulator, "POST", oss_bucket, query=[("uploads", "")])
+    assert (r.status_code, error_code(r)) == (400, "InvalidObjectName")
 
 
 def test_put_bucket_and_delete_bucket(oss_emulator: OSSEmulator) -> None:
@@ -509,17 +550,25 @@ def test_sts_token_required_and_checked(
     oss_emulator: OSSEmulator, oss_bucket: str, version: str
 ) -> None:
     ak, secret, token = oss_emulator.issue_sts_token()
-    common = {"access_key_id": ak, "access_key_secret": secret, "version": version}
-    assert (
-        oss_request(oss_emulator, "GET", oss_bucket, security_token=token, **common).status_code
-        == 200
-    )
-    missing = oss_request(oss_emulator, "GET", oss_bucket, **common)
+
+    def get(security_token: str | None) -> httpx.Response:
+        return oss_request(
+            oss_emulator,
+            "GET",
+            oss_bucket,
+            access_key_id=ak,
+            access_key_secret=secret,
+            version=version,
+            security_token=security_token,
+        )
+
+    assert get(token).status_code == 200
+    missing = get(None)
     assert (missing.status_code, error_code(missing)) == (403, "InvalidAccessKeyId")
-    wrong = oss_request(oss_emulator, "GET", oss_bucket, security_token=token + "x", **common)
+    wrong = get(token + "x")
     assert (wrong.status_code, error_code(wrong)) == (403, "InvalidAccessKeyId")
     oss_emulator.remove_credentials(ak)
-    revoked = oss_request(oss_emulator, "GET", oss_bucket, security_token=token, **common)
+    revoked = get(token)
     assert error_code(revoked) == "InvalidAccessKeyId"
 
 
@@ -876,3 +925,14 @@ def test_public_names() -> None:
         value = getattr(testing, name)
         assert isinstance(value, str) or value.__doc__, name
     assert {"OSSEmulator", "Fault", "FaultInjector", "CallbackReceiver"} <= set(testing.__all__)
+
+
+def test_cli_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    from oss_callback.testing._cli import main_emulator
+
+    with OSSEmulator() as emu:
+        port = emu.port
+        assert main_emulator(["--port", str(port)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"cannot listen on 127.0.0.1:{port}" in err

@@ -76,6 +76,15 @@ def test_put_get_head_delete(make_bucket: BucketFactory, auth: str) -> None:
     assert info.value.code == "NoSuchKey"
 
 
+def test_batch_delete(make_bucket: BucketFactory) -> None:
+    bucket = make_bucket()
+    for key in ("x/1", "x/2 ü", "y"):
+        bucket.put_object(key, b"1")
+    result = bucket.batch_delete_objects(["x/1", "x/2 ü"])
+    assert sorted(result.deleted_keys) == ["x/1", "x/2 ü"]
+    assert [o.key for o in oss2.ObjectIterator(bucket)] == ["y"]
+
+
 def test_range_get(make_bucket: BucketFactory) -> None:
     bucket = make_bucket()
     bucket.put_object("r", b"0123456789")

@@ -92,6 +92,21 @@ def test_put_get_head_delete(
     assert info.value.unwrap().code == "NoSuchKey"  # decoded from x-oss-err
 
 
+def test_delete_multiple_objects(make_client: ClientFactory, oss_bucket: str) -> None:
+    client = make_client()
+    for key in ("x/1", "x/2 ü", "y"):
+        client.put_object(oss.PutObjectRequest(bucket=oss_bucket, key=key, body=b"1"))
+    result = client.delete_multiple_objects(
+        oss.DeleteMultipleObjectsRequest(
+            bucket=oss_bucket,
+            objects=[oss.DeleteObject(key="x/1"), oss.DeleteObject(key="x/2 ü")],
+        )
+    )
+    assert sorted(d.key for d in result.deleted_objects or []) == ["x/1", "x/2 ü"]
+    assert not client.is_object_exist(oss_bucket, "x/1")
+    assert client.is_object_exist(oss_bucket, "y")
+
+
 def test_range_get(make_client: ClientFactory, oss_bucket: str) -> None:
     client = make_client()
     client.put_object(oss.PutObjectRequest(bucket=oss_bucket, key="r", body=b"0123456789"))

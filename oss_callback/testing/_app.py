@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import itertools
 import logging
+import mimetypes
 import os
 import re
 import threading
@@ -81,7 +82,7 @@ _UNSUPPORTED_BUCKET_SUBRESOURCES = frozenset(
     [
         *("acl", "location", "bucketInfo", "stat", "cors", "logging", "website", "referer"),
         *("lifecycle", "versioning", "versions", "encryption", "policy", "tagging", "worm"),
-        *("replication", "inventory", "delete"),
+        *("replication", "inventory"),
     ]
 )
 _RESPONSE_OVERRIDES = {
@@ -270,6 +271,10 @@ def operation_of(
             return "HeadBucket"
         if method == "DELETE":
             return "DeleteBucket"
+        if method == "POST" and "delete" in q:
+            return "DeleteMultipleObjects"
+        if "uploads" in q or "uploadId" in q or "partNumber" in q:
+            return "EmptyObjectName"  # an object operation without an object name
         return "Unsupported"
     if any(name in q for name in _UNSUPPORTED_OBJECT_SUBRESOURCES):
         return "Unsupported"
@@ -323,6 +328,28 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
             [("Content-Range", f"bytes */{size}")],
         )
     return start, min(end, size - 1)
+
+
+def _malformed() -> OSSErrorResponse:
+    return OSSErrorResponse(
+        400,
+        "MalformedXML",
+        "The XML you provided was not well-formed or did not validate against our published "
+        "schema.",
+    )
+
+
+def _parse_xml(body: bytes, root_tag: str) -> ET.Element:
+    """Parse a (size-capped) request document; ``MalformedXML`` if it is not ``root_tag``."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise _malformed()
+    try:
+        root = ET.fromstring(body)  # noqa: S314 - no DTD/entities (refused above)
+    except ET.ParseError:
+        raise _malformed() from None
+    if root.tag.rpartition("}")[2] != root_tag:
+        raise _malformed()
+    return root
 
 
 def _token_encode(marker: str) -> str:
@@ -683,8 +710,15 @@ class EmulatorApp:
     # ------------------------------------------------------------------ upload helpers
 
     @staticmethod
-    def _upload_metadata(headers: Mapping[str, str]) -> tuple[str, dict[str, str], dict[str, str]]:
-        content_type = headers.get("content-type") or "application/octet-stream"
+    def _upload_metadata(
+        key: str, headers: Mapping[str, str]
+    ) -> tuple[str, dict[str, str], dict[str, str]]:
+        # Like OSS: without a Content-Type, guess one from the key's extension.
+        content_type = (
+            headers.get("content-type")
+            or mimetypes.guess_type(key.rpartition("/")[2], strict=False)[0]
+            or "application/octet-stream"
+        )
         metadata = {k: v for k, v in headers.items() if k.startswith("x-oss-meta-")}
         stored = {k: headers[k] for k in _STORED_HEADERS if k in headers}
         return content_type, metadata, stored
@@ -1058,6 +1092,35 @@ class EmulatorApp:
             body=_xml_doc("ListMultipartUploadsResult", children),
         )
 
+    async def _op_DeleteMultipleObjects(self, req: Request) -> Response:
+        assert req.bucket is not None
+        enc, enc_xml = self._encoder(req.q)
+        expected_md5 = self._expected_md5(req.headers)
+        body = await req.read_body(MAX_COMPLETE_BODY)
+        if expected_md5 is not None and hashlib.md5(body).digest() != expected_md5:  # noqa: S324
+            raise OSSErrorResponse(
+                400, "InvalidDigest", "The Content-MD5 you specified was invalid."
+            )
+        root = _parse_xml(body, "Delete")
+        quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
+        keys = [node.findtext("Key") for node in root.findall("Object")]
+        if not keys or len(keys) > 1000 or any(not k for k in keys):
+            raise _malformed()
+        deleted = ""
+        for key in keys:
+            assert key is not None
+            self.store.delete(req.bucket, key)
+            if not quiet:
+                deleted += f"  <Deleted><Key>{_x(enc(key))}</Key></Deleted>\n"
+        return Response(
+            status=200,
+            headers=[("Content-Type", "application/xml")],
+            body=_xml_doc("DeleteResult", enc_xml + deleted),
+        )
+
+    async def _op_EmptyObjectName(self, req: Request) -> Response:
+        raise OSSErrorResponse(400, "InvalidObjectName", "The object name must not be empty.")
+
     # ------------------------------------------------------------------ objects
 
     def _object_or_404(self, req: Request) -> StoredObject:
@@ -1083,7 +1146,7 @@ class EmulatorApp:
                 "The object you specified already exists and can not be overwritten.",
                 [("Key", key)],
             )
-        content_type, metadata, stored = self._upload_metadata(req.headers)
+        content_type, metadata, stored = self._upload_metadata(key, req.headers)
         temp, size, md5, crc = await self._receive_body(req, expected_md5, declared)
         content_md5 = base64.b64encode(md5).decode()
         obj = self.store.commit_object(
@@ -1220,7 +1283,7 @@ class EmulatorApp:
     async def _op_InitiateMultipartUpload(self, req: Request) -> Response:
         bucket, key = self._bucket_key(req)
         enc, enc_xml = self._encoder(req.q)
-        content_type, metadata, stored = self._upload_metadata(req.headers)
+        content_type, metadata, stored = self._upload_metadata(key, req.headers)
         upload = self.store.create_upload(
             bucket=bucket, key=key, content_type=content_type, metadata=metadata, headers=stored
         )
@@ -1265,20 +1328,7 @@ class EmulatorApp:
 
     @staticmethod
     def _parse_complete(body: bytes) -> list[tuple[int, str]]:
-        malformed = OSSErrorResponse(
-            400,
-            "MalformedXML",
-            "The XML you provided was not well-formed or did not validate "
-            "against our published schema.",
-        )
-        if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-            raise malformed
-        try:
-            root = ET.fromstring(body)  # noqa: S314 - no DTD/entities (refused above)
-        except ET.ParseError:
-            raise malformed from None
-        if root.tag.rpartition("}")[2] != "CompleteMultipartUpload":
-            raise malformed
+        root = _parse_xml(body, "CompleteMultipartUpload")
         parts: list[tuple[int, str]] = []
         for element in root:
             if element.tag.rpartition("}")[2] != "Part":
@@ -1286,10 +1336,10 @@ class EmulatorApp:
             number = element.findtext("PartNumber")
             etag = element.findtext("ETag")
             if number is None or etag is None or not number.strip().isdigit():
-                raise malformed
+                raise _malformed()
             parts.append((int(number.strip()), etag.strip().strip('"').upper()))
         if not parts:
-            raise malformed
+            raise _malformed()
         return parts
 
     async def _op_CompleteMultipartUpload(self, req: Request) -> Response:
