@@ -278,11 +278,13 @@ async def test_crc_mismatch_is_detected_and_retried_then_raised() -> None:
 
 
 async def test_head_error_decodes_x_oss_err() -> None:
-    xml = b"<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist.</Message></Error>"
+    xml = (b"<Error><Code>NoSuchBucket</Code>"
+           b"<Message>The specified bucket does not exist.</Message></Error>")
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, headers={"x-oss-err": base64.b64encode(xml).decode(),
-                                            "x-oss-request-id": "HEADRID", "x-oss-ec": "0015-00000101"})
+                                            "x-oss-request-id": "HEADRID",
+                                            "x-oss-ec": "0015-00000101"})
 
     async with make_client(handler) as client:
         bucket = client.get_bucket("b-1")
@@ -311,7 +313,7 @@ async def test_html_from_a_non_oss_endpoint_is_a_clear_error() -> None:
         return httpx.Response(200, content=b"<html><body>Welcome to nginx</body></html>")
 
     async with make_client(handler) as client:
-        with pytest.raises(ResponseError, match="not XML|<html>|expected"):
+        with pytest.raises(ResponseError, match=r"not XML|<html>|expected"):
             await client.get_bucket("b-1").initiate_multipart_upload("k")
 
 
@@ -364,7 +366,7 @@ async def test_bad_data_types_are_type_errors() -> None:
 def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OSS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("OSS_ACCESS_KEY_SECRET", raising=False)
-    with pytest.raises(ValueError, match="OSS_ACCESS_KEY_ID.*OSS_ACCESS_KEY_SECRET"):
+    with pytest.raises(ValueError, match=r"OSS_ACCESS_KEY_ID.*OSS_ACCESS_KEY_SECRET"):
         AsyncClient("https://oss-cn-hangzhou.aliyuncs.com")
 
 
