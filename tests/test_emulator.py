@@ -179,6 +179,17 @@ def test_content_type_guessed_from_extension(oss_emulator: OSSEmulator, oss_buck
     }
 
 
+def test_forbid_overwrite(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
+    forbid = {"x-oss-forbid-overwrite": "true"}
+    assert (
+        oss_request(oss_emulator, "PUT", oss_bucket, "k", body=b"1", headers=forbid).status_code
+        == 200
+    )
+    r = oss_request(oss_emulator, "PUT", oss_bucket, "k", body=b"2", headers=forbid)
+    assert (r.status_code, error_code(r)) == (409, "FileAlreadyExists")
+    assert oss_emulator.get_object(oss_bucket, "k") == b"1"
+
+
 def test_empty_object_and_response_overrides(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
     r = oss_request(oss_emulator, "PUT", oss_bucket, "empty", body=b"")
     assert r.headers["x-oss-hash-crc64ecma"] == "0"

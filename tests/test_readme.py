@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from helpers import form_fields
 
 from oss_callback import AsyncClient, Callback
@@ -73,12 +74,14 @@ def test_script_example(oss_emulator: Any, tmp_path: Path) -> None:
     assert oss_emulator.get_object("examplebucket", "hello.txt") == b"hello"
 
 
-def test_fastapi_example(oss_emulator: Any) -> None:
+def test_fastapi_example(oss_emulator: Any, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
     from oss_callback.testing._asgi import ServeASGI
 
     host = oss_emulator.endpoint.split("://", 1)[1]
     code = block("callback_dependency").replace(
         "CallbackVerifier()", f"CallbackVerifier(allowed_key_hosts=({host!r},))")
+    monkeypatch.chdir(tmp_path)  # the example writes uploads.db in the working directory
     namespace: dict[str, Any] = {"__name__": "readme_fastapi_example"}
     exec(compile(code, "README.md", "exec"), namespace)
     oss_emulator.create_bucket("examplebucket")
@@ -92,13 +95,17 @@ def test_fastapi_example(oss_emulator: Any) -> None:
                 async with httpx.AsyncClient() as plain:
                     return await plain.post(url + "/oss-callback", content=b"object=x")
             return await c.get_bucket("examplebucket").put_object(
-                "from-readme", b"x", callback=Callback(url + "/oss-callback"))
+                "from-readme", b"xyz", callback=Callback(
+                    url + "/oss-callback", body="object=${object}&size=${size}&etag=${etag}"))
 
     with ServeASGI(namespace["app"]) as server:
         result = anyio.run(upload, server.url, False)
         forged = anyio.run(upload, server.url, True)
     assert result.callback_json() == {"Status": "OK", "object": "from-readme"}
     assert forged.status_code == 400
+    rows = namespace["db"].execute("SELECT object, size, etag FROM uploads").fetchall()
+    assert rows == [("from-readme", 3, result.etag)]
+    namespace["db"].close()
 
 
 def test_emulator_fixture_example(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from collections.abc import (
 )
 from datetime import datetime, timezone
 from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_plus, unquote_to_bytes
 from xml.sax.saxutils import escape
@@ -759,7 +760,7 @@ class EmulatorApp:
 
     async def _receive_body(
         self, req: Request, expected_md5: bytes | None, declared: int | None
-    ) -> tuple[Any, int, bytes, int]:
+    ) -> tuple[Path, int, bytes, int]:
         """Stream the body to a temp file; returns (path, size, md5, crc)."""
         sink = BodySink(self.store.temp_path())
         try:
@@ -1132,20 +1133,23 @@ class EmulatorApp:
             )
         return obj
 
-    async def _op_PutObject(self, req: Request) -> Response:
-        bucket, key = self._bucket_key(req)
-        config = self._callback_config(req)  # validated before anything is stored
-        expected_md5 = self._expected_md5(req.headers)
-        declared = self._check_size(req.headers, MAX_PUT_SIZE)
-        if req.headers.get("x-oss-forbid-overwrite", "").lower() == "true" and self.store.get(
-            bucket, key
-        ):
+    def _check_overwrite(self, req: Request, bucket: str, key: str) -> None:
+        """``x-oss-forbid-overwrite: true`` and the object exists: 409 FileAlreadyExists."""
+        forbid = req.headers.get("x-oss-forbid-overwrite", "").lower() == "true"
+        if forbid and self.store.get(bucket, key) is not None:
             raise OSSErrorResponse(
                 409,
                 "FileAlreadyExists",
                 "The object you specified already exists and can not be overwritten.",
                 [("Key", key)],
             )
+
+    async def _op_PutObject(self, req: Request) -> Response:
+        bucket, key = self._bucket_key(req)
+        config = self._callback_config(req)  # validated before anything is stored
+        expected_md5 = self._expected_md5(req.headers)
+        declared = self._check_size(req.headers, MAX_PUT_SIZE)
+        self._check_overwrite(req, bucket, key)
         content_type, metadata, stored = self._upload_metadata(key, req.headers)
         temp, size, md5, crc = await self._receive_body(req, expected_md5, declared)
         content_md5 = base64.b64encode(md5).decode()
@@ -1400,15 +1404,7 @@ class EmulatorApp:
                         ("ETag", part.etag),
                     ],
                 )
-        if req.headers.get("x-oss-forbid-overwrite", "").lower() == "true" and self.store.get(
-            bucket, key
-        ):
-            raise OSSErrorResponse(
-                409,
-                "FileAlreadyExists",
-                "The object you specified already exists and can not be overwritten.",
-                [("Key", key)],
-            )
+        self._check_overwrite(req, bucket, key)
         if upload.completing:
             raise OSSErrorResponse(404, "NoSuchUpload", "The specified upload does not exist.")
         upload.completing = True
