@@ -301,3 +301,16 @@ def _raise_at(done: int, limit: int) -> None:
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+async def test_upload_id_unknown_to_oss_restarts(api: Api, tmp_path: Path) -> None:
+    src = make_file(tmp_path, 4 * PART)
+    ckpt = tmp_path / "ckpt.json"
+    with pytest.raises(Stop):
+        await api.resumable_upload("gone.bin", src, part_size=PART, concurrency=1,
+                                   checkpoint_file=ckpt, progress=lambda d, t: _raise_at(d, PART))
+    old = json.loads(ckpt.read_text())["payload"]["upload_id"]
+    await api.abort_multipart_upload("gone.bin", old)  # e.g. a lifecycle rule cleaned it up
+    result = await api.resumable_upload("gone.bin", src, part_size=PART, checkpoint_file=ckpt)
+    assert result.upload_id != old
+    assert await api.get_object("gone.bin") == src.read_bytes()
