@@ -5,68 +5,24 @@ URL on itself; the app verifies them with ``oss_callback.fastapi`` either with t
 pinned or by fetching it (the emulator's host allowed).
 """
 
-import asyncio
-import contextlib
 import itertools
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Depends, FastAPI
 
 from oss_callback import AsyncClient, Callback, CallbackError, RetryPolicy
 from oss_callback.fastapi import callback_dependency
 from oss_callback.server import CallbackVerifier, VerifiedCallback
+from oss_callback.testing._asgi import ServeASGI
 
 testing = pytest.importorskip("oss_callback.testing")
 OSSEmulator = testing.OSSEmulator
 
 _names = itertools.count()
-
-
-class UvicornThread:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield  # signals belong to the test runner
-
-        self.server = Server(config)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.sock]))
-
-    def __enter__(self) -> "UvicornThread":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn failed to start"
-            assert time.monotonic() < deadline, "uvicorn did not start in 10 s"
-            time.sleep(0.005)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 class CallbackApp:
@@ -129,7 +85,7 @@ async def test_upload_with_callback_verified_by_the_pinned_key(
 ) -> None:
     server = CallbackApp(CallbackVerifier(public_key=emu.public_key_pem))
     data = b"hello, callback" * 100
-    with UvicornThread(server.app) as app:
+    with ServeASGI(server.app) as app:
         cb = Callback(app.url + "/oss-callback", query={"src": "e2e"}, body=FORM_TEMPLATE,
                       variables={"x:uid": "42"})
         async with client_for(emu) as client:
@@ -154,7 +110,7 @@ async def test_upload_with_callback_verified_by_fetching_the_emulator_key(
 ) -> None:
     server = CallbackApp(CallbackVerifier(allowed_key_hosts=(key_host(emu),)))
     before = key_fetches(emu)
-    with UvicornThread(server.app) as app:
+    with ServeASGI(server.app) as app:
         async with client_for(emu) as client:
             bucket = client.get_bucket(bucket_name)
             for i in range(3):
@@ -170,7 +126,7 @@ async def test_upload_with_callback_verified_by_fetching_the_emulator_key(
 async def test_json_callback_body_and_path_parameters(emu: Any, bucket_name: str) -> None:
     server = CallbackApp(CallbackVerifier(public_key=emu.public_key_pem))
     template = '{"bucket":${bucket},"object":${object},"size":${size},"uid":${x:uid}}'
-    with UvicornThread(server.app) as app:
+    with ServeASGI(server.app) as app:
         cb = Callback(app.url + "/hooks/up%20load", body=template,
                       body_type="application/json", variables={"x:uid": "7"})
         async with client_for(emu) as client:
@@ -189,7 +145,7 @@ async def test_resumable_upload_callback_on_complete(
     server = CallbackApp(CallbackVerifier(public_key=emu.public_key_pem))
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(range(256)) * 1600)  # 400 KiB: 4 parts of 100 KiB
-    with UvicornThread(server.app) as app:
+    with ServeASGI(server.app) as app:
         cb = Callback(app.url + "/oss-callback", body=FORM_TEMPLATE, variables={"x:uid": "mp"})
         async with client_for(emu) as client:
             result = await client.get_bucket(bucket_name).resumable_upload(
@@ -204,7 +160,7 @@ async def test_handler_failure_gives_the_uploader_a_callback_error(
     emu: Any, bucket_name: str
 ) -> None:
     server = CallbackApp(CallbackVerifier(public_key=emu.public_key_pem))
-    with UvicornThread(server.app) as app:
+    with ServeASGI(server.app) as app:
         cb = Callback(app.url + "/boom", body=FORM_TEMPLATE, variables={"x:uid": "1"})
         async with client_for(emu) as client:
             bucket = client.get_bucket(bucket_name)
@@ -225,7 +181,7 @@ async def test_unverifiable_callback_is_refused_and_the_uploader_told(
     # The default verifier only trusts gosspublic.alicdn.com, not the emulator's key URL.
     server = CallbackApp(None)
     before = key_fetches(emu)
-    with UvicornThread(server.app) as app:
+    with ServeASGI(server.app) as app:
         cb = Callback(app.url + "/oss-callback", body=FORM_TEMPLATE, variables={"x:uid": "1"})
         async with client_for(emu) as client:
             bucket = client.get_bucket(bucket_name)

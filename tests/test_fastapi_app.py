@@ -4,15 +4,10 @@ Callbacks are signed here with a generated RSA key (MD5withRSA, as OSS does) and
 verifier pins its public key; forged ones come from a plain httpx client.
 """
 
-import asyncio
 import base64
-import contextlib
 import importlib.util
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +15,6 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import Depends, FastAPI, Request
@@ -36,50 +30,12 @@ from oss_callback.server import (
     VerifiedCallback,
     verify_starlette_request,
 )
+from oss_callback.testing._asgi import ServeASGI
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_sqlite.py"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class UvicornThread:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield  # signals belong to the test runner
-
-        self.server = Server(config)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.sock]))
-
-    def __enter__(self) -> "UvicornThread":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn failed to start"
-            assert time.monotonic() < deadline, "uvicorn did not start in 10 s"
-            time.sleep(0.005)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +104,9 @@ def calls() -> list[VerifiedCallback]:
 
 
 @pytest.fixture
-def app_server(public_pem: bytes, calls: list[VerifiedCallback]) -> Iterator[UvicornThread]:
+def app_server(public_pem: bytes, calls: list[VerifiedCallback]) -> Iterator[ServeASGI]:
     app = make_app(CallbackVerifier(public_key=public_pem, max_body_size=64 * 1024), calls)
-    with UvicornThread(app) as srv:
+    with ServeASGI(app) as srv:
         yield srv
 
 
@@ -158,7 +114,7 @@ def app_server(public_pem: bytes, calls: list[VerifiedCallback]) -> Iterator[Uvi
 
 
 async def test_signed_callback_reaches_the_handler(
-    app_server: UvicornThread, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
+    app_server: ServeASGI, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
 ) -> None:
     body = b"bucket=photos&object=cats%2Ftom.jpg&size=1024&x%3Auid=42"
     headers = callback_headers(private_key, b"/oss-callback", body)
@@ -177,7 +133,7 @@ async def test_signed_callback_reaches_the_handler(
 
 
 async def test_json_callback_with_encoded_path_and_query(
-    app_server: UvicornThread, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
+    app_server: ServeASGI, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
 ) -> None:
     body = b'{"bucket":"b","object":"a b.txt","size":"5"}'
     headers = callback_headers(private_key, "/hooks/up load杭".encode(), body,
@@ -211,7 +167,7 @@ JSON = "application/json"
     ],
 )
 async def test_forged_callback_is_refused_before_the_handler(
-    app_server: UvicornThread,
+    app_server: ServeASGI,
     private_key: rsa.RSAPrivateKey,
     calls: list[VerifiedCallback],
     forge: str,
@@ -242,7 +198,7 @@ async def test_forged_callback_is_refused_before_the_handler(
 
 
 async def test_oversized_body_is_refused(
-    app_server: UvicornThread, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
+    app_server: ServeASGI, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
 ) -> None:
     body = b"object=" + b"x" * (64 * 1024)
     headers = callback_headers(private_key, b"/oss-callback", body)
@@ -260,7 +216,7 @@ async def test_oversized_body_is_refused(
 
 
 async def test_handler_raising_gives_500(
-    app_server: UvicornThread, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
+    app_server: ServeASGI, private_key: rsa.RSAPrivateKey, calls: list[VerifiedCallback]
 ) -> None:
     body = b"object=a"
     headers = callback_headers(private_key, b"/boom", body)
@@ -277,7 +233,7 @@ async def test_default_verifier_refuses_keys_outside_gosspublic(
     body = b"object=a"
     headers = callback_headers(private_key, b"/oss-callback", body)
     headers["x-oss-pub-key-url"] = base64.b64encode(b"http://127.0.0.1:1/k.pem").decode()
-    with UvicornThread(app) as srv:
+    with ServeASGI(app) as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             response = await client.post("/oss-callback", content=body, headers=headers)
     assert response.status_code == 400
@@ -309,7 +265,7 @@ async def test_starlette_helper_under_uvicorn(
 
     app = Starlette(routes=[Route("/cb", endpoint, methods=["POST"])])
     body = b"bucket=b&object=o"
-    with UvicornThread(app) as srv:
+    with ServeASGI(app) as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             good = await client.post("/cb", content=body,
                                      headers=callback_headers(private_key, b"/cb", body))
@@ -346,7 +302,7 @@ async def test_example_app_records_uploads_in_sqlite(
     body = (b"bucket=photos&object=cats%2Ftom.jpg&size=2048&etag=D8E8FCA2DC0F896FD7CB4CB0031BA249"
             b"&mimeType=image%2Fjpeg&x%3Auid=42")
     headers = callback_headers(private_key, b"/oss-callback", body)
-    with UvicornThread(app) as srv:
+    with ServeASGI(app) as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             first = await client.post("/oss-callback", content=body, headers=headers)
             replay = await client.post("/oss-callback", content=body, headers=headers)

@@ -1,0 +1,323 @@
+"""Measurement plumbing: clients in subprocesses, interleaved rounds, ratios, the machine.
+
+Every measured client runs in a process of its own (:mod:`benchmarks._worker` for the Python
+clients, ``curl`` itself for the reference), so its CPU time and peak RSS are its own. The
+cases of one comparison are run in *rounds*: each round runs every case once, in an order
+rotated from round to round, and a ratio (``a / b``) is computed inside each round and then
+the median over rounds is reported. Load from other work on the machine therefore hits both
+sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .nginx_sink import nginx_version
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    """One measured run of one case."""
+
+    wall: float
+    cpu: float
+    rss_peak_mib: float | None = None
+    server_cpu: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Case:
+    """Something to measure: ``fn`` runs it once and returns a :class:`Run`."""
+
+    name: str
+    fn: Callable[[], Run]
+    bytes: int = 0  # payload bytes per run (for MB/s and CPU s/GiB)
+    objects: int = 0  # objects per run (for objects/s)
+    note: str = ""
+
+
+@dataclass
+class Measured:
+    case: Case
+    runs: list[Run]
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(r.wall for r in self.runs)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(r.cpu for r in self.runs)
+
+    @property
+    def rss(self) -> float | None:
+        values = [r.rss_peak_mib for r in self.runs if r.rss_peak_mib is not None]
+        return max(values) if values else None
+
+    @property
+    def server_cpu(self) -> float | None:
+        values = [r.server_cpu for r in self.runs if r.server_cpu is not None]
+        return statistics.median(values) if values else None
+
+
+def run_rounds(cases: Sequence[Case], rounds: int, *, log: Callable[[str], None] = print,
+               ) -> dict[str, Measured]:
+    """Run every case once per round, rotating the order each round (interleaved)."""
+    results = {c.name: Measured(c, []) for c in cases}
+    for r in range(rounds):
+        order = list(cases[r % len(cases):]) + list(cases[: r % len(cases)]) if cases else []
+        for case in order:
+            run = case.fn()
+            results[case.name].runs.append(run)
+            log(f"  round {r + 1}/{rounds}  {case.name:<46} {run.wall:7.3f} s  "
+                f"cpu {run.cpu:6.3f} s"
+                + (f"  rss {run.rss_peak_mib:6.1f} MiB" if run.rss_peak_mib else ""))
+    return results
+
+
+def ratio(results: Mapping[str, Measured], a: str, b: str, attr: str = "wall") -> float | None:
+    """Median over rounds of ``a.attr / b.attr`` (each round's pair measured back to back)."""
+    if a not in results or b not in results:
+        return None
+    pairs = [
+        getattr(x, attr) / getattr(y, attr)
+        for x, y in zip(results[a].runs, results[b].runs, strict=False)
+        if getattr(y, attr)
+    ]
+    return statistics.median(pairs) if pairs else None
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def _server_cpu(server_cpu: Callable[[], float] | None) -> float | None:
+    return server_cpu() if server_cpu is not None else None
+
+
+def run_worker(spec: Mapping[str, Any], *, server_cpu: Callable[[], float] | None = None,
+               timeout: float = 1800) -> Run:
+    """Run :mod:`benchmarks._worker` with ``spec``; its own timing of the operation."""
+    before = _server_cpu(server_cpu)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks._worker", json.dumps(dict(spec))],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
+    )
+    after = _server_cpu(server_cpu)
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("RESULT ")),
+                None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"worker {spec.get('client')}/{spec.get('op')} failed (exit {proc.returncode}):\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    data = json.loads(line[len("RESULT "):])
+    return Run(
+        wall=data.pop("wall"), cpu=data.pop("cpu"), rss_peak_mib=data.pop("rss_peak_mib"),
+        server_cpu=(after - before) if before is not None and after is not None else None,
+        extra=data,
+    )
+
+
+def have_curl() -> bool:
+    return shutil.which("curl") is not None
+
+
+def run_curl(url: str, path: str, *, server_cpu: Callable[[], float] | None = None,
+             expect_bytes: int | None = None) -> Run:
+    """``curl -T path url``: wall, CPU (user+sys from wait4) and peak RSS of curl."""
+    cmd = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_upload}",
+           "-H", "Expect:", "-H", "Content-Type:", "-T", path, url]
+    before = _server_cpu(server_cpu)
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    after = _server_cpu(server_cpu)
+    if proc.returncode != 0:
+        raise RuntimeError(f"curl failed (exit {proc.returncode}): {err.strip()}")
+    sent = int(float(out.strip() or 0))
+    if expect_bytes is not None and sent != expect_bytes:
+        raise RuntimeError(f"curl sent {sent} bytes, expected {expect_bytes}")
+    return Run(
+        wall=wall, cpu=usage.ru_utime + usage.ru_stime,
+        rss_peak_mib=usage.ru_maxrss / 1024,
+        server_cpu=(after - before) if before is not None and after is not None else None,
+        extra={"bytes": sent},
+    )
+
+
+def make_file(path: Path, size: int) -> Path:
+    """``size`` bytes of incompressible data (written once, so it is in the page cache)."""
+    if path.exists() and path.stat().st_size == size:
+        return path
+    block = os.urandom(8 * MiB)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n] if n < len(block) else block)
+            left -= n
+    return path
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory() -> str:
+    try:
+        import psutil
+
+        return f"{psutil.virtual_memory().total / GiB:.1f} GiB"
+    except ImportError:
+        return "?"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _curl_version() -> str | None:
+    if not have_curl():
+        return None
+    out = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False)
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    match = re.match(r"curl (\S+)", first)
+    return match.group(1) if match else first
+
+
+def machine_info() -> dict[str, str]:
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "memory": _memory(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "nginx": nginx_version() or "not installed",
+        "curl": _curl_version() or "not installed",
+    }
+    try:
+        load = os.getloadavg()
+        info["load at start"] = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    except OSError:
+        pass
+    for dist in ("oss-callback", "httpx", "httpcore", "h11", "anyio", "sniffio", "fastcrc",
+                 "uvicorn", "uvloop", "httptools", "oss2", "alibabacloud-oss-v2",
+                 "crcmod-plus", "requests", "psutil", "matplotlib"):
+        info[dist] = _version(dist)
+    return info
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(header))) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                     for i, (h, w) in enumerate(zip(header, widths, strict=True)))]
+    out.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(out)
+
+
+def results_rows(results: Mapping[str, Measured], reference: str | None
+                 ) -> tuple[list[str], list[list[str]]]:
+    """Rows of a results table: median wall, MB/s or obj/s, CPU, RSS, server CPU, ratios."""
+    header = ["case", "wall s", "MiB/s", "obj/s", "CPU s", "CPU s/GiB", "peak RSS MiB",
+              "server CPU s", "x ref wall", "x ref CPU", "note"]
+    rows = []
+    for name, m in results.items():
+        c = m.case
+        rows.append([
+            name,
+            fmt(m.wall, ".3f"),
+            fmt(c.bytes / MiB / m.wall if c.bytes and m.wall else None, ".0f"),
+            fmt(c.objects / m.wall if c.objects and m.wall else None, ".0f"),
+            fmt(m.cpu, ".3f"),
+            fmt(m.cpu / (c.bytes / GiB) if c.bytes and c.bytes >= MiB else None, ".2f"),
+            fmt(m.rss, ".0f"),
+            fmt(m.server_cpu, ".2f"),
+            fmt(ratio(results, name, reference) if reference else None, ".2f", "x"),
+            fmt(ratio(results, name, reference, "cpu") if reference else None, ".2f", "x"),
+            c.note,
+        ])
+    return header, rows
+
+
+@dataclass
+class Target:
+    """One target of the issue: ``measured`` against ``limit`` (``<=`` or ``>=``)."""
+
+    name: str
+    measured: float | None
+    op: str  # "<=" | ">=" | ">"
+    limit: float
+    unit: str = "x"
+    detail: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.measured is None:
+            return "skipped"
+        ok = {"<=": self.measured <= self.limit, ">=": self.measured >= self.limit,
+              ">": self.measured > self.limit}[self.op]
+        return "met" if ok else "MISSED"
+
+    def row(self) -> list[str]:
+        value = fmt(self.measured, ".2f", self.unit if self.measured is not None else "")
+        return [self.name, value, f"{self.op} {self.limit:g}{self.unit}", self.status,
+                self.detail]
