@@ -83,8 +83,7 @@ def run_demo() -> int:
 async def _demo() -> int:
     from ._demo_app import make_callback_app
     from .server import CallbackVerifier
-    from .testing import OSSEmulator
-    from .testing._asgi import ServeASGI
+    from .testing import OSSEmulator, ServeASGI
 
     out = _Out()
     out.line("oss_callback demo: upload with a callback, verify it, see both sides.")

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from oss_callback import AsyncClient, Callback, CallbackError, RetryPolicy
 from oss_callback.fastapi import callback_dependency
 from oss_callback.server import CallbackVerifier, VerifiedCallback
-from oss_callback.testing._asgi import ServeASGI
+from oss_callback.testing import ServeASGI
 
 testing = pytest.importorskip("oss_callback.testing")
 OSSEmulator = testing.OSSEmulator

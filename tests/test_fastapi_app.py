@@ -30,7 +30,7 @@ from oss_callback.server import (
     VerifiedCallback,
     verify_starlette_request,
 )
-from oss_callback.testing._asgi import ServeASGI
+from oss_callback.testing import ServeASGI
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_sqlite.py"
 

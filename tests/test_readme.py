@@ -76,7 +76,7 @@ def test_script_example(oss_emulator: Any, tmp_path: Path) -> None:
 
 def test_fastapi_example(oss_emulator: Any, tmp_path: Path,
                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from oss_callback.testing._asgi import ServeASGI
+    from oss_callback.testing import ServeASGI
 
     host = oss_emulator.endpoint.split("://", 1)[1]
     code = block("callback_dependency").replace(

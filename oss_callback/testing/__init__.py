@@ -15,6 +15,7 @@ Example:
     ...     emu.endpoint, emu.region, emu.access_key_id
 """
 
+from ._asgi import ServeASGI
 from ._emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, OSSEmulator
 from ._faults import Fault, FaultInjector
 from ._receiver import CallbackReceiver, ReceivedCallback
@@ -31,6 +32,7 @@ __all__ = [
     "OSSEmulator",
     "ReceivedCallback",
     "RequestRecord",
+    "ServeASGI",
     "StoredObject",
     "StsCredentials",
 ]
