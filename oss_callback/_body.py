@@ -108,7 +108,8 @@ class FileRangeBody(Body):
             )
 
     async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
-        f = await anyio.to_thread.run_sync(open, self.path, "rb")
+        with anyio.CancelScope(shield=True):  # a cancelled open must not drop the handle
+            f = await anyio.to_thread.run_sync(open, self.path, "rb")
         try:
             if self.offset:
                 await anyio.to_thread.run_sync(f.seek, self.offset)
@@ -131,8 +132,9 @@ class FileRangeBody(Body):
                     await anyio.to_thread.run_sync(self._check_unchanged, f)
                 yield data, crc
         finally:
-            with anyio.CancelScope(shield=True):  # close even when cancelled: no fd leak
-                await anyio.to_thread.run_sync(f.close)
+            # Synchronous on purpose: closing a read-only file doesn't block, and this must
+            # also run when the generator is finalized without an event loop to await on.
+            f.close()
 
 
 class FileObjBody(Body):
