@@ -115,20 +115,38 @@ def _server_cpu(server_cpu: Callable[[], float] | None) -> float | None:
 
 
 def run_worker(spec: Mapping[str, Any], *, server_cpu: Callable[[], float] | None = None,
-               timeout: float = 1800) -> Run:
-    """Run :mod:`benchmarks._worker` with ``spec``; its own timing of the operation."""
+               on_ready: Callable[[int], None] | None = None, timeout: float = 1800) -> Run:
+    """Run :mod:`benchmarks._worker` with ``spec``; its own timing of the operation.
+
+    ``on_ready(pid)`` is called once the worker has set up its client, just before the timed
+    operation starts (to attach a profiler).
+    """
+    spec = {**spec, "wait_go": on_ready is not None}
     before = _server_cpu(server_cpu)
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks._worker", json.dumps(dict(spec))],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
     )
+    try:
+        if on_ready is not None:
+            assert proc.stdin is not None and proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() == "READY":
+                on_ready(proc.pid)
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     after = _server_cpu(server_cpu)
-    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("RESULT ")),
-                None)
+    line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(
             f"worker {spec.get('client')}/{spec.get('op')} failed (exit {proc.returncode}):\n"
-            f"{proc.stderr[-3000:]}"
+            f"{stderr[-3000:]}"
         )
     data = json.loads(line[len("RESULT "):])
     return Run(
@@ -150,7 +168,15 @@ def run_curl(url: str, path: str, *, server_cpu: Callable[[], float] | None = No
     before = _server_cpu(server_cpu)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # wait4's ru_maxrss of a child spawned by a big parent reports the parent's RSS (the
+    # pre-exec address space counts): poll curl's own VmHWM instead.
+    hwm_kib = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        hwm_kib = max(hwm_kib, _proc_hwm_kib(proc.pid))
+        time.sleep(0.005)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -166,10 +192,21 @@ def run_curl(url: str, path: str, *, server_cpu: Callable[[], float] | None = No
         raise RuntimeError(f"curl sent {sent} bytes, expected {expect_bytes}")
     return Run(
         wall=wall, cpu=usage.ru_utime + usage.ru_stime,
-        rss_peak_mib=usage.ru_maxrss / 1024,
+        rss_peak_mib=hwm_kib / 1024 if hwm_kib else None,
         server_cpu=(after - before) if before is not None and after is not None else None,
         extra={"bytes": sent},
     )
+
+
+def _proc_hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def make_file(path: Path, size: int) -> Path:
@@ -313,6 +350,8 @@ class Target:
     def status(self) -> str:
         if self.measured is None:
             return "skipped"
+        if self.detail == "informational":
+            return "info"
         ok = {"<=": self.measured <= self.limit, ">=": self.measured >= self.limit,
               ">": self.measured > self.limit}[self.op]
         return "met" if ok else "MISSED"

@@ -45,7 +45,9 @@ class Spec(TypedDict, total=False):
     count: int
     object_size: int
     inflight: int
-    profile: str
+    profile: str  # dump a cProfile of the operation here
+    patches: list[str]  # prototypes of core changes to apply first (see _patches.py)
+    wait_go: bool  # print READY after setup and wait for a line on stdin
 
 
 def _cpu() -> tuple[float, float]:
@@ -255,7 +257,10 @@ def _v2(spec: Spec) -> Callable[[], dict[str, Any]]:
 # --------------------------------------------------------------------------- timing
 
 
-def _measure_start() -> tuple[float, tuple[float, float], float]:
+def _measure_start(spec: Spec) -> tuple[float, tuple[float, float], float]:
+    if spec.get("wait_go"):  # a profiler attaches now (after imports and client setup)
+        print("READY", flush=True)
+        sys.stdin.readline()
     return time.perf_counter(), _cpu(), rss_mib()
 
 
@@ -276,7 +281,7 @@ def _measure_end(start: tuple[float, tuple[float, float], float],
 
 def _timed(op: Callable[[], dict[str, Any]], spec: Spec) -> dict[str, Any]:
     prof = cProfile.Profile() if spec.get("profile") else None
-    start = _measure_start()
+    start = _measure_start(spec)
     if prof is not None:
         prof.enable()
     try:
@@ -292,7 +297,7 @@ def _timed(op: Callable[[], dict[str, Any]], spec: Spec) -> dict[str, Any]:
 
 async def _timed_async(op: Callable[[], Any], spec: Spec) -> dict[str, Any]:
     prof = cProfile.Profile() if spec.get("profile") else None
-    start = _measure_start()
+    start = _measure_start(spec)
     if prof is not None:
         prof.enable()
     try:
@@ -320,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m benchmarks._worker SPEC_JSON", file=sys.stderr)
         return 2
     spec: Spec = json.loads(args[0])
+    if spec.get("patches"):
+        from ._patches import apply
+
+        apply(spec["patches"])
     run = CLIENTS[spec["client"]](spec)
     result = run()
     print("RESULT " + json.dumps(result), flush=True)

@@ -39,17 +39,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from ._harness import (
-    GiB,
-    MiB,
     Case,
+    GiB,
     Measured,
+    MiB,
     Run,
     Target,
     fmt,
@@ -71,7 +71,7 @@ HERE = Path(__file__).resolve().parent
 BUCKET = "bench"
 REGION = "cn-hangzhou"
 SINK_KEYS = ("bench-access-key-id", "bench-access-key-secret")
-GROUPS = ("sink", "small", "memory", "scaling", "profile", "emulator")
+GROUPS = ("sink", "small", "memory", "scaling", "profile", "proposals", "emulator")
 MEM_PARTS, MEM_PART_SIZE, MEM_OVERHEAD = 8, 8 * MiB, 80 * MiB
 
 
@@ -89,6 +89,7 @@ class Settings:
     scaling_concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
     scaling_parts: tuple[int, ...] = (1 * MiB, 8 * MiB, 32 * MiB)
     groups: tuple[str, ...] = GROUPS
+    output_dir: Path = HERE  # RESULTS.md's folder: scaling.png goes beside it
 
 
 @dataclass
@@ -345,7 +346,7 @@ def _plot_scaling(s: Settings, size: int, grid: Mapping[tuple[int, int], str],
     fig.suptitle(f"resumable_upload of {_size_label(size)} into an nginx sink "
                  f"({os.cpu_count()} CPUs)")
     fig.tight_layout()
-    out = HERE / "scaling.png"
+    out = s.output_dir / "scaling.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
@@ -427,18 +428,24 @@ def profile_group(report: Report, s: Settings, env: Env, big: Path) -> None:
             body = []
             if spy:
                 raw = Path(tmp) / f"spy{i}.txt"
-                import json
+                recorder: list[subprocess.Popen[str]] = []
 
-                cmd = [spy, "record", "-r", "250", "--format", "raw", "-o", str(raw),
-                       "--nonblocking", "--", sys.executable, "-m", "benchmarks._worker",
-                       json.dumps(spec)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                      cwd=HERE.parent)
-                if proc.returncode == 0 and raw.exists():
-                    body.append("py-spy (all threads, 250 Hz):\n" + summarize_py_spy(raw))
+                def attach(pid: int, raw: Path = raw, recorder: list[Any] = recorder) -> None:
+                    recorder.append(subprocess.Popen(
+                        [spy, "record", "-r", "250", "--format", "raw", "-o", str(raw),
+                         "--nonblocking", "--pid", str(pid)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                    time.sleep(0.5)  # let it attach before the operation starts
+
+                run_worker({**spec, "key": _key("prof")}, server_cpu=env.server_cpu,
+                           on_ready=attach)
+                _, err = recorder[0].communicate(timeout=60)
+                if recorder[0].returncode == 0 and raw.exists():
+                    body.append("py-spy (all threads, 250 Hz, the operation only):\n"
+                                + summarize_py_spy(raw))
                 else:
-                    body.append("py-spy could not record (needs ptrace permission): "
-                                + proc.stderr.strip()[-300:])
+                    body.append("py-spy could not record (it needs ptrace permission): "
+                                + err.strip()[-300:])
             prof = Path(tmp) / f"prof{i}.prof"
             run = run_worker({**spec, "key": _key("prof"), "profile": str(prof)},
                              server_cpu=env.server_cpu)
@@ -447,6 +454,75 @@ def profile_group(report: Report, s: Settings, env: Env, big: Path) -> None:
             parts.append(f"### {title}\n\n```\n" + "\n\n".join(body) + "\n```")
             _log(f"  profiled {title}")
     report.add("Profiles (client side, on the nginx sink)", "\n\n".join(parts))
+
+
+# --------------------------------------------------------------------------- proposals
+
+#: (label, patches) of the core changes prototyped in :mod:`benchmarks._patches`.
+LARGE_PROPOSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("baseline", ()),
+    ("+ background checkpoint writer", ("async_checkpoint",)),
+    ("+ sniffio installed", ("sniffio",)),
+    ("+ both", ("async_checkpoint", "sniffio")),
+    ("+ both + thread-per-part data plane", ("async_checkpoint", "sniffio", "thread_parts_256k")),
+)
+PUT_PROPOSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("baseline", ()),
+    ("+ sniffio + thread-per-request data plane", ("sniffio", "thread_parts_256k")),
+)
+SMALL_PROPOSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("baseline", ()),
+    ("+ sniffio installed", ("sniffio",)),
+    ("+ 8 sharded pools", ("shard_pool",)),
+    ("+ both", ("sniffio", "shard_pool")),
+)
+
+
+def proposals_group(report: Report, s: Settings, env: Env, big: Path) -> None:
+    """Prototyped core changes (monkeypatched in the worker) against the unpatched code."""
+    size = big.stat().st_size
+    large = [
+        env.worker(f"resumable {label}", "sdk", "resumable", bytes_=size, file=str(big),
+                   part_size=s.part_size, concurrency=s.concurrency, patches=list(patches),
+                   note=", ".join(patches))
+        for label, patches in LARGE_PROPOSALS
+    ]
+    large += [
+        env.worker(f"put_object {label}", "sdk", "put", bytes_=size, file=str(big),
+                   patches=list(patches), note=", ".join(patches))
+        for label, patches in PUT_PROPOSALS
+    ]
+    if have_curl():
+        large.append(env.curl(CURL, big, lambda: f"{env.endpoint}/{BUCKET}/{_key('curl')}",
+                              note="reference"))
+    small = [
+        env.worker(f"small puts {label}", "sdk", "small", objects=s.small_count,
+                   count=s.small_count, object_size=s.small_size, inflight=s.inflight,
+                   patches=list(patches), note=", ".join(patches))
+        for label, patches in SMALL_PROPOSALS
+    ]
+    _log(f"\n[proposals] prototyped core changes, {s.rounds} interleaved rounds")
+    results = run_rounds(large, s.rounds, log=_log)
+    results.update(run_rounds(small, s.rounds, log=_log))
+    header, rows = results_rows(results, None)
+    for row, name in zip(rows, results, strict=True):
+        base = name.split(" baseline")[0].split(" + ")[0] + " baseline"
+        if name == CURL:
+            row[8] = row[9] = ""
+            continue
+        row[8] = fmt(ratio(results, name, base), ".2f", "x")
+        row[9] = fmt(ratio(results, name, base, "cpu"), ".2f", "x")
+        if name.startswith(("resumable", "put_object")) and CURL in results:
+            row[10] = (row[10] + "; " if row[10] else "") + (
+                f"{fmt(ratio(results, name, CURL), '.2f')}x curl wall, "
+                f"{fmt(ratio(results, name, CURL, 'cpu'), '.2f')}x curl CPU")
+    header[8:10] = ["x baseline wall", "x baseline CPU"]
+    intro = ("Each change is monkeypatched into the worker by `benchmarks/_patches.py` "
+             "(oss_callback is not edited); ratios are to the unpatched baseline of the same "
+             f"rounds. Large: {_size_label(size)}, {s.part_size // MiB} MiB x {s.concurrency}; "
+             f"small: {s.small_count} x {s.small_size // 1024} KiB, {s.inflight} in flight.")
+    report.add("Prototyped core changes", intro + "\n\n" + markdown_table(header, rows),
+               text_table(header, rows))
 
 
 # --------------------------------------------------------------------------- emulator
@@ -467,7 +543,8 @@ EMU_RES = "sdk resumable_upload -> emulator"
 EMU_PUT = "sdk put_object -> emulator"
 
 
-def emulator_group(report: Report, s: Settings, scratch: Path, big: Path) -> None:
+def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
+                   data_root: Path | None = None) -> None:
     from oss_callback.testing import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET
 
     if not have_curl():
@@ -476,8 +553,7 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path) -> Non
         return
     size = big.stat().st_size
     keys = (DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET)
-    data_dir = scratch / "emulator-data"
-    data_dir.mkdir(exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-emulator-data-", dir=data_root or scratch))
     with discard_process() as discard, emulator_process(BUCKET, str(data_dir)) as emu:
         d_env = Env(discard.endpoint, keys, discard.cpu_seconds, scratch)
         e_env = Env(emu.endpoint, keys, emu.cpu_seconds, scratch)
@@ -495,8 +571,10 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path) -> Non
         ]
         _log(f"\n[emulator] {_size_label(size)} end to end, {s.rounds} rounds")
         results = run_rounds(cases, s.rounds, log=_log)
+    shutil.rmtree(data_dir, ignore_errors=True)
     _table(report, f"Emulator end to end ({_size_label(size)})", results, EMU_CURL,
-           "Server and client are separate processes; `server CPU` is the uvicorn process's. "
+           f"Server and client are separate processes; `server CPU` is the uvicorn process's; "
+           f"the emulator stores objects under {data_dir.parent} (`--emulator-data-dir`). "
            "`x ref` is relative to `curl -T` into the emulator.")
     report.targets.append(Target("emulator ingest: curl -T into emulator / into discard app",
                                  ratio(results, EMU_CURL, EMU_DISCARD), "<=", 1.3))
@@ -581,6 +659,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         part_size=8 * MiB,
         concurrency=4,
         groups=groups,
+        output_dir=args.output.resolve().parent,
     )
 
 
@@ -603,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-count", type=int, default=None, help="number of small puts")
     parser.add_argument("--only", default="", help="comma-separated groups: " + ",".join(GROUPS))
     parser.add_argument("--tmpdir", default=None, help="where to put the test files")
+    parser.add_argument("--emulator-data-dir", type=Path, default=None,
+                        help="where the emulator stores objects (default: beside the test "
+                        "files; e.g. /dev/shm to take the disk out of the comparison)")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md",
                         help="markdown report (default benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
@@ -614,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         big = make_file(scratch / f"src-{s.size}.bin", s.size)
         sink_groups = [g for g in s.groups if g in ("sink", "small", "memory", "scaling",
-                                                     "profile")]
+                                                     "profile", "proposals")]
         if sink_groups and find_nginx() is None:
             msg = ("nginx is not installed: SKIPPING the nginx-sink benchmarks ("
                    + ", ".join(sink_groups) + "). Install it with `apt-get install nginx-light`.")
@@ -639,8 +721,10 @@ def main(argv: list[str] | None = None) -> int:
                     sink_scaling(report, s, env, big)
                 if "profile" in s.groups:
                     profile_group(report, s, env, big)
+                if "proposals" in s.groups:
+                    proposals_group(report, s, env, big)
         if "emulator" in s.groups:
-            emulator_group(report, s, scratch, big)
+            emulator_group(report, s, scratch, big, args.emulator_data_dir)
     header = ["target", "measured", "limit", "status", "detail"]
     report.add("Targets", markdown_table(header, [t.row() for t in report.targets]),
                text_table(header, [t.row() for t in report.targets]))
@@ -649,10 +733,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {args.output}" + (f" and {report.scaling_png}" if report.scaling_png
                                        else "") + f" in {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def _iter_chunks(n: int) -> Iterator[int]:  # pragma: no cover - kept for API symmetry
-    yield n
 
 
 if __name__ == "__main__":

@@ -261,6 +261,10 @@ class NginxSink:
 
 
 if __name__ == "__main__":  # run the sink by hand: python -m benchmarks.nginx_sink
+    import sys
+
+    # SIGTERM (and SIGINT, ignored in background jobs) stop nginx through the with block.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with NginxSink() as sink:
         print(f"nginx OSS sink listening on {sink.endpoint} (pid {sink.pid}); Ctrl-C stops it")
         try:

@@ -111,7 +111,7 @@ def _decode(cls: type[Checkpoint], data: bytes, path: str) -> Checkpoint:
     delete_hint = f"delete {path} to start the upload over"
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"checkpoint {path} is corrupt (not JSON); {delete_hint}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(
@@ -128,6 +128,7 @@ def _decode(cls: type[Checkpoint], data: bytes, path: str) -> Checkpoint:
     if not isinstance(payload, dict) or doc.get("checksum") != _checksum(payload):
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); {delete_hint}")
     try:
+        _check_types(payload)
         return cls(
             endpoint=str(payload["endpoint"]),
             bucket=str(payload["bucket"]),
@@ -139,8 +140,26 @@ def _decode(cls: type[Checkpoint], data: bytes, path: str) -> Checkpoint:
             callback_digest=payload["callback_digest"],
             parts={int(p["number"]): PartRecord(**p) for p in payload["parts"]},
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {path} is malformed ({e}); {delete_hint}") from None
+
+
+def _int(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer")
+
+
+def _check_types(payload: dict[str, Any]) -> None:
+    _int(payload["part_size"], "part_size")
+    for name in ("size", "mtime_ns", "inode"):
+        _int(payload["file"][name], f"file.{name}")
+    if not isinstance(payload["parts"], list):
+        raise ValueError("parts must be a list")
+    for part in payload["parts"]:
+        for name in ("number", "offset", "size", "crc64"):
+            _int(part[name], f"part {name}")
+        if not isinstance(part["etag"], str):
+            raise ValueError("part etag must be a string")
 
 
 def _checksum(payload: dict[str, Any]) -> str:
@@ -163,7 +182,7 @@ def state_dir() -> Path:
 def default_checkpoint_path(endpoint: str, bucket: str, key: str, file_path: str) -> str:
     """A stable per-(endpoint, bucket, key, file) path in :func:`state_dir`."""
     ident = "\n".join([endpoint, bucket, key, os.path.abspath(file_path)])
-    name = hashlib.sha256(ident.encode()).hexdigest()[:40] + ".json"
+    name = hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:40] + ".json"
     return str(state_dir() / name)
 
 

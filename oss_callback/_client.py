@@ -22,8 +22,10 @@ from ._crc64 import crc64, crc64_combine_many
 from ._credentials import Credentials
 from ._endpoint import Endpoint, validate_bucket_name, validate_key
 from ._errors import (
+    CallbackError,
     InconsistentError,
     OSSError,
+    ResponseError,
     ServiceError,
     make_service_error,
 )
@@ -208,6 +210,23 @@ def _on_203(key: str, *, upload_id: str | None = None, size: int | None = None) 
     return build
 
 
+def _require_etag(response: httpx.Response, what: str) -> None:
+    if not response.headers.get("etag"):
+        raise ResponseError(
+            f"the {what} answer has no ETag (HTTP {response.status_code}, "
+            f"{response.headers.get('content-type', 'no content type')}): is the endpoint "
+            "really OSS?"
+        )
+
+
+def _require_oss(response: httpx.Response, what: str) -> None:
+    if not response.headers.get("etag") and not response.headers.get("x-oss-request-id"):
+        raise ResponseError(
+            f"the {what} answer has neither ETag nor x-oss-request-id: is the endpoint "
+            "really OSS?"
+        )
+
+
 def _put_result(
     key: str,
     response: httpx.Response,
@@ -340,6 +359,7 @@ class AsyncBucket:
             "PUT", self.name, key, headers=h, body=body, progress=progress,
             on_203=_on_203(key, size=body.size) if callback else None,
         )
+        _require_etag(response, "PutObject")
         return _put_result(
             key, response, content if callback else None,
             callback_status=response.status_code if callback else None,
@@ -360,6 +380,7 @@ class AsyncBucket:
         data = b"".join(chunks)
         if response.status_code == 200:
             _verify_download(response, crc64(data), len(data), key)
+        _require_oss(response, "GetObject")
         return data
 
     async def get_object_to_file(
@@ -385,6 +406,7 @@ class AsyncBucket:
                     if progress is not None:
                         progress(done, total)
             _verify_download(response, crc, done, key)
+            _require_oss(response, "GetObject")
             await anyio.to_thread.run_sync(_finish_file, f, tmp, target)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -396,6 +418,7 @@ class AsyncBucket:
         """An object's metadata: size, etag, crc64, content type, ``x-oss-meta-*``."""
         validate_key(key)
         response, _ = await self._session.request("HEAD", self.name, key, max_body=0)
+        _require_oss(response, "HeadObject")
         return _head_result(key, response.headers)
 
     async def object_exists(self, key: str) -> bool:
@@ -524,6 +547,7 @@ class AsyncBucket:
                                           ("uploadId", upload_id)],
             body=body, progress=progress,
         )
+        _require_etag(response, "UploadPart")
         return UploadPartResult(
             part_number=part_number,
             etag=strip_etag(response.headers.get("etag")),
@@ -567,11 +591,18 @@ class AsyncBucket:
         size = sum(s for _, s in crcs) if crcs is not None else None
         h = _merge_headers(headers, callback)
         h["content-type"] = h.get("content-type", "application/xml")
-        response, content = await self._session.request(
-            "POST", self.name, key, query=[("uploadId", upload_id)], headers=h,
-            body=complete_body(numbered),
-            on_203=_on_203(key, upload_id=upload_id, size=size) if callback else None,
-        )
+        try:
+            response, content = await self._session.request(
+                "POST", self.name, key, query=[("uploadId", upload_id)], headers=h,
+                body=complete_body(numbered),
+                on_203=_on_203(key, upload_id=upload_id, size=size) if callback else None,
+            )
+        except CallbackError as e:
+            # Stored, callback failed: the object's integrity still matters most.
+            if crcs is not None and e.result.crc64 is not None:
+                _check_combined(key, crcs, e.result)
+            raise
+        _require_etag(response, "CompleteMultipartUpload")
         etag = None
         if not callback:
             node = parse_xml(content, "CompleteMultipartUploadResult", "CompleteMultipartUpload")
@@ -582,14 +613,7 @@ class AsyncBucket:
             upload_id=upload_id, size=size, etag=etag,
         )
         if crcs is not None and result.crc64 is not None:
-            expected = crc64_combine_many(crcs)
-            if expected != result.crc64:
-                raise InconsistentError(
-                    f"CRC-64 mismatch after CompleteMultipartUpload of {key!r}: parts combine "
-                    f"to {expected}, OSS reports {result.crc64} "
-                    f"(request_id={result.request_id}); upload the object again",
-                    client_crc=expected, server_crc=result.crc64, request_id=result.request_id,
-                )
+            _check_combined(key, crcs, result)
         return result
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
@@ -653,6 +677,17 @@ class AsyncBucket:
             marker = next_marker
         return ListPartsResult(key=key, upload_id=upload_id,
                                parts=tuple(sorted(parts, key=lambda p: p.part_number)))
+
+
+def _check_combined(key: str, crcs: list[tuple[int, int]], result: PutObjectResult) -> None:
+    expected = crc64_combine_many(crcs)
+    if expected != result.crc64:
+        raise InconsistentError(
+            f"CRC-64 mismatch after CompleteMultipartUpload of {key!r}: parts combine "
+            f"to {expected}, OSS reports {result.crc64} "
+            f"(request_id={result.request_id}); upload the object again",
+            client_crc=expected, server_crc=result.crc64 or 0, request_id=result.request_id,
+        )
 
 
 def _part_number(part: UploadPartResult | PartInfo | tuple[int, str]) -> int:

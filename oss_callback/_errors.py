@@ -248,8 +248,8 @@ class ResponseError(ClientError):
 
 def parse_error_xml(body: bytes) -> dict[str, str]:
     """Return every child of ``<Error>`` as ``{tag: text}``; ``{}`` if it isn't error XML."""
-    if not body or len(body) > MAX_ERROR_BODY:
-        return {}
+    if not body or len(body) > MAX_ERROR_BODY or b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        return {}  # OSS never sends a DTD: refuse entity expansion outright
     try:
         root = ElementTree.fromstring(body)  # noqa: S314 - stdlib expat: no external entities
     except (ElementTree.ParseError, ValueError):

@@ -48,7 +48,7 @@ On203 = Callable[[httpx.Response, bytes], OSSError]
 
 def parse_crc(value: str | None) -> int | None:
     """``x-oss-hash-crc64ecma`` as an int (``None`` when absent or malformed)."""
-    if value is None or not value.strip().isdigit():
+    if value is None or not (value.strip().isascii() and value.strip().isdigit()):
         return None
     crc = int(value.strip())
     return crc if crc < 2**64 else None
@@ -87,19 +87,38 @@ class Session:
             assert self.region is not None
             sign_v4(method, bucket, key, query, headers, self.credentials, self.now(), self.region)
 
-    def _learn_clock(self, response: httpx.Response) -> None:
+    def _learn_clock(self, response: httpx.Response, error: ServiceError) -> None:
+        """Adopt OSS's clock after ``RequestTimeTooSkewed``: ``<ServerTime>``, else ``Date``.
+
+        (``x-oss-server-time`` is OSS's processing time in ms, not a clock: never used.)
+        """
         server_time: float | None = None
-        raw = response.headers.get("x-oss-server-time")
-        if raw and raw.isdigit():
-            server_time = int(raw) / (1000 if len(raw) > 11 else 1)
-        elif response.headers.get("date"):
+        raw = error.details.get("ServerTime")
+        if raw:
+            try:
+                server_time = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                server_time = None
+        if server_time is None and response.headers.get("date"):
             try:
                 server_time = parsedate_to_datetime(response.headers["date"]).timestamp()
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, IndexError):
                 server_time = None
         if server_time is not None:
             self.clock_offset = server_time - time.time()
-            logger.warning("local clock is %.0f s off OSS's; correcting", self.clock_offset)
+            logger.warning("local clock is %.0f s off OSS's; correcting", -self.clock_offset)
+
+    def _redact(self, error: ServiceError) -> None:
+        """Drop the STS token from what OSS echoes back (``StringToSign``, ...)."""
+        token = self.credentials.security_token
+        if not token:
+            return
+        forms = (token, " ".join(f"{b:02x}" for b in token.encode()),
+                 " ".join(f"{b:02X}" for b in token.encode()))
+        for name, value in error.details.items():
+            for form in forms:
+                value = value.replace(form, "<redacted>")
+            error.details[name] = value
 
     def _build(
         self,
@@ -209,10 +228,14 @@ class Session:
                 data = await _read_limited(response, _MAX_ERROR_BODY)
                 if status == 203 and on_203 is not None:
                     self._check_crc(response, body)
-                    raise on_203(response, data)
+                    callback_error = on_203(response, data)
+                    if isinstance(callback_error, ServiceError):
+                        self._redact(callback_error)
+                    raise callback_error
                 error = make_service_error(status, response.headers, data)
+                self._redact(error)
                 if error.code == "RequestTimeTooSkewed":
-                    self._learn_clock(response)
+                    self._learn_clock(response, error)
                 raise error
             except OSSError as error:
                 if response is not None:

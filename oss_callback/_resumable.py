@@ -41,6 +41,7 @@ from ._checkpoint import (
     remove_checkpoint,
     write_checkpoint,
 )
+from ._crc64 import crc64_combine_many
 from ._endpoint import validate_key
 from ._errors import (
     CallbackError,
@@ -324,9 +325,14 @@ class _Uploader:
     async def run(self) -> PutObjectResult:
         plan = plan_parts(self.identity.size, self.part_size)
         ckpt = await self._load()
-        if ckpt is not None and not await self._reconcile(ckpt, plan):
-            logger.warning("upload %s is unknown to OSS; starting over", ckpt.upload_id)
-            ckpt = None
+        if ckpt is not None:
+            recorded = dict(ckpt.parts)
+            if not await self._reconcile(ckpt, plan):
+                done = await self._already_completed(recorded, plan)
+                if done is not None:
+                    return done
+                logger.warning("upload %s is unknown to OSS; starting over", ckpt.upload_id)
+                ckpt = None
         if ckpt is None:
             init = await self.bucket.initiate_multipart_upload(self.key, headers=self.headers)
             ckpt = Checkpoint(
@@ -362,6 +368,29 @@ class _Uploader:
             raise
         await self._forget()
         return result
+
+    async def _already_completed(
+        self, recorded: dict[int, PartRecord], plan: list[tuple[int, int, int]]
+    ) -> PutObjectResult | None:
+        """The object, if a previous run's Complete succeeded but its answer was lost.
+
+        Only when the checkpoint had every part and the stored object has exactly their
+        combined size and CRC-64; then it is not uploaded (nor called back) again.
+        """
+        if set(recorded) != {n for n, _, _ in plan}:
+            return None
+        try:
+            head = await self.bucket.head_object(self.key)
+        except ServiceError:
+            return None
+        combined = crc64_combine_many((r.crc64, r.size) for _, r in sorted(recorded.items()))
+        if head.size != self.identity.size or head.crc64 != combined:
+            return None
+        logger.info("upload of %s was already completed by a previous run", self.key)
+        await self._forget()
+        return PutObjectResult(key=self.key, etag=head.etag, crc64=head.crc64,
+                               request_id=head.request_id, version_id=head.version_id,
+                               size=head.size)
 
     async def _forget(self) -> None:
         if self.ckpt_path is not None:

@@ -355,6 +355,10 @@ def _allowed_prefix(url: str, prefixes: tuple[_Prefix, ...]) -> _Prefix | None:
     """The prefix ``url`` is under, or ``None``: the allow-list check (no I/O)."""
     if len(url) > _MAX_KEY_URL or any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in url):
         return None
+    # No "." or ".." path segments (raw or %2e-encoded): they could climb out of a prefix.
+    path = url.split("://", 1)[-1].split("?", 1)[0].split("#", 1)[0]
+    if any(seg.lower().replace("%2e", ".") in (".", "..") for seg in path.split("/")[1:]):
+        return None
     for prefix in prefixes:
         if not url.startswith(prefix.text):
             continue
@@ -827,7 +831,7 @@ class CallbackVerifier:
                 reason="key_fetch_failed",
             )
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_key_size:
+        if (length.isascii() and length.isdigit()) and int(length) > self.max_key_size:
             raise self._too_large(url)
 
     def _client_options(self) -> dict[str, Any]:
@@ -949,9 +953,10 @@ def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
 
 
 async def _read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    text = (declared or "").strip()
+    if text.isascii() and text.isdigit() and int(text) > limit:
         raise CallbackBodyError(
-            f"callback body of {int(declared)} bytes exceeds max_body_size ({limit})",
+            f"callback body of {int(text)} bytes exceeds max_body_size ({limit})",
             reason="body_too_large",
         )
     data = bytearray()

@@ -63,6 +63,8 @@ def parse_xml(body: bytes, root_tag: str, what: str) -> Node:
     """Parse ``body`` whose root must be ``root_tag``; :class:`ResponseError` otherwise."""
     if len(body) > MAX_XML_BODY:
         raise ResponseError(f"the {what} response is too large ({len(body)} bytes) to be OSS XML")
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise ResponseError(f"the {what} response has a DTD, which OSS never sends")
     try:
         root = ElementTree.fromstring(body)  # noqa: S314 - stdlib expat: no external entities
     except (ElementTree.ParseError, ValueError):

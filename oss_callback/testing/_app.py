@@ -242,7 +242,7 @@ def _int_param(q: Mapping[str, str], name: str, default: int, low: int, high: in
     raw = q.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise _invalid_argument(
             f"Argument {name} must be an integer between {low} and {high}.", name, raw
         )
@@ -747,7 +747,7 @@ class EmulatorApp:
         value = headers.get("content-length")
         if value is None:
             return None
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise _invalid_argument("Invalid Content-Length.", "Content-Length", value)
         if int(value) > limit:
             raise OSSErrorResponse(
@@ -1302,7 +1302,9 @@ class EmulatorApp:
 
     async def _op_UploadPart(self, req: Request) -> Response:
         raw_number = req.q.get("partNumber", "")
-        if not raw_number.isdigit() or not 1 <= int(raw_number) <= MAX_PART_NUMBER:
+        if not (raw_number.isascii() and raw_number.isdigit()) or not (
+            1 <= int(raw_number) <= MAX_PART_NUMBER
+        ):
             raise _invalid_argument(
                 "Part number must be an integer between 1 and 10000, inclusive.",
                 "partNumber",
@@ -1339,7 +1341,8 @@ class EmulatorApp:
                 continue
             number = element.findtext("PartNumber")
             etag = element.findtext("ETag")
-            if number is None or etag is None or not number.strip().isdigit():
+            number = (number or "").strip()
+            if not number or etag is None or not (number.isascii() and number.isdigit()):
                 raise _malformed()
             parts.append((int(number.strip()), etag.strip().strip('"').upper()))
         if not parts:

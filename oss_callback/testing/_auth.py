@@ -318,7 +318,7 @@ def authenticate(
 
     if "OSSAccessKeyId" in query and "Signature" in query:  # V1 presigned URL
         expires = query.get("Expires", "")
-        if not expires.isdigit():
+        if not (expires.isascii() and expires.isdigit()):
             raise _denied("Invalid Expires in the presigned URL.")
         if now > int(expires):
             raise _denied("Request has expired.", "AccessDenied", ("Expires", expires))
@@ -334,7 +334,7 @@ def authenticate(
         x_oss_date = query.get("x-oss-date", "")
         signed_at = _parse_v4_date(x_oss_date)
         expires = query.get("x-oss-expires", "")
-        if not expires.isdigit():
+        if not (expires.isascii() and expires.isdigit()):
             raise _denied("Invalid x-oss-expires in the presigned URL.")
         if now > signed_at + int(expires):
             raise _denied("Request has expired.", "AccessDenied", ("Expires", expires))

@@ -254,7 +254,7 @@ def render_body(config: CallbackConfig, system: Mapping[str, str]) -> bytes:
         literal = json.dumps(value, ensure_ascii=False)
         if any(a < match.start() < b for a, b in spans):
             return literal[1:-1]
-        if match.group(1) in _NUMERIC and value.isdigit():
+        if match.group(1) in _NUMERIC and (value.isascii() and value.isdigit()):
             return value
         return literal
 
