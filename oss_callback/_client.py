@@ -50,6 +50,17 @@ DEFAULT_MAX_CONNECTIONS = 64
 _SIGNATURE_VERSIONS = ("v1", "v4")
 
 
+def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """Our O(1) HTTP/1.1 pool (see ``_pool``); httpx's own if that can't load here."""
+    try:
+        from ._pool import FastHTTPTransport
+    except ImportError:  # pragma: no cover - a future httpx moved its private helpers
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    return FastHTTPTransport(max_connections=max_connections, trust_env=False)
+
+
 class _State(enum.Enum):
     OPEN = 1
     CLOSED = 2
@@ -121,12 +132,9 @@ class AsyncClient:
             raise ValueError("max_connections must be >= 1")
         http = httpx.AsyncClient(
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
             follow_redirects=False,
             trust_env=False,
-            transport=transport,
+            transport=transport or _default_transport(max_connections),
         )
         self._session = Session(
             http=http,
