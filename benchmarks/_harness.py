@@ -131,8 +131,8 @@ def run_worker(spec: Mapping[str, Any], *, server_cpu: Callable[[], float] | Non
     try:
         if on_ready is not None:
             assert proc.stdin is not None and proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() == "READY":
+            ready = proc.stdout.readline()
+            if ready.strip() == "READY":
                 on_ready(proc.pid)
                 proc.stdin.write("go\n")
                 proc.stdin.flush()

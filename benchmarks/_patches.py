@@ -22,12 +22,16 @@ proposed change against the unpatched code in the same interleaved rounds.
   blocking job per request in a
   worker thread (``readinto`` -> CRC-64 -> ``sendall`` over one buffer on a per-thread
   connection): the ceiling of a leaner data plane (see :func:`_thread_parts`).
+* ``lean_http``: replace httpx/httpcore under ``Session`` by a minimal keep-alive pool of
+  asyncio protocols parsed with httptools (plain HTTP, no retries of its own): what the
+  per-request cost of the HTTP layer is (the small-object case).
 * ``chunk_4m`` / ``chunk_256k``: file read size (one thread hop per chunk) 4 MiB / 256 KiB
   instead of 1 MiB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 import threading
@@ -269,11 +273,12 @@ def _thread_parts(buffer_size: int = 1024 * 1024) -> None:
         headers = {"user-agent": _http.USER_AGENT, "content-length": str(body.size)}
         session._sign("PUT", self.name, key, query, headers)
         url = session.endpoint.url(self.name, key, query)
+        size = int(body.size or 0)
         status, etag, crc = await anyio.to_thread.run_sync(
-            send, url, headers, body.path, body.offset, body.size)
+            send, url, headers, body.path, body.offset, size)
         if status != 200:
             raise RuntimeError(f"UploadPart answered {status}")
-        body.crc, body.sent = crc, body.size
+        body.crc, body.sent = crc, size
         return UploadPartResult(part_number=part_number, etag=strip_etag(etag), crc64=crc,
                                 size=body.size, request_id=None)
 
@@ -287,7 +292,7 @@ def _thread_parts(buffer_size: int = 1024 * 1024) -> None:
                 or progress is not None or session.endpoint.scheme != "http"):
             return await put_object(self, key, data, file=file, callback=callback,
                                     headers=headers, progress=progress)
-        body = _body.make_body(None, file)
+        body: Any = _body.make_body(None, file)
         h = {"user-agent": _http.USER_AGENT, "content-length": str(body.size)}
         session._sign("PUT", self.name, key, (), h)
         url = session.endpoint.url(self.name, key, ())
@@ -304,7 +309,142 @@ def _thread_parts(buffer_size: int = 1024 * 1024) -> None:
     _client.AsyncBucket.put_object = _put_object  # type: ignore[method-assign]
 
 
+class _LeanConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: an asyncio protocol parsed with httptools."""
+
+    def __init__(self) -> None:
+        import httptools
+
+        self._asyncio = asyncio
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: Any = None
+        self.waiter: Any = None
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.closed = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> None:
+        self._fail(ConnectionError("server closed the connection"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.can_write.set()
+        self._fail(exc or ConnectionError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    async def roundtrip(self, request: Any) -> Any:
+        import httpx
+
+        self.headers, self.body = [], []
+        self.waiter = self._asyncio.get_running_loop().create_future()
+        head = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n".encode()]
+        head += [k + b": " + v + b"\r\n" for k, v in request.headers.raw]
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))
+        async for chunk in request.stream:
+            if not self.can_write.is_set():
+                await self.can_write.wait()
+            if self.closed:
+                break
+            self.transport.write(chunk)
+        await self.waiter
+        status = self.parser.get_status_code()
+        keep = self.parser.should_keep_alive()
+        return keep, httpx.Response(status, headers=self.headers, content=b"".join(self.body),
+                                    request=request)
+
+
+class _LeanHTTP:
+    """The ``send``/``aclose`` of ``httpx.AsyncClient`` over a pool of :class:`_LeanConn`."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.idle: list[_LeanConn] = []
+        self.max = max_connections
+        self.sem: Any = None
+
+    async def send(self, request: Any, *, stream: bool = False) -> Any:
+        import asyncio
+
+        if self.sem is None:
+            self.sem = asyncio.Semaphore(self.max)
+        async with self.sem:
+            conn = None
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    break
+                conn = None
+            if conn is None:
+                loop = asyncio.get_running_loop()
+                _, conn = await loop.create_connection(
+                    _LeanConn, request.url.host, request.url.port or 80)
+            try:
+                keep, response = await conn.roundtrip(request)
+            except BaseException:
+                conn.transport.close()
+                raise
+            if keep and not conn.closed:
+                self.idle.append(conn)
+            else:
+                conn.transport.close()
+            return response
+
+    async def aclose(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()
+        self.idle.clear()
+
+
+def _lean_http() -> None:
+    """Replace the httpx pool with a minimal asyncio + httptools one (plain HTTP only)."""
+    from oss_callback import _client
+
+    original = _client.AsyncClient.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if kwargs.get("transport") is None and self._session.endpoint.scheme == "http":
+            self._session.http = _LeanHTTP(
+                kwargs.get("max_connections", _client.DEFAULT_MAX_CONNECTIONS))
+
+    _client.AsyncClient.__init__ = init  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
+    "lean_http": _lean_http,
     "thread_parts": _thread_parts,
     "thread_parts_256k": lambda: _thread_parts(256 * 1024),
     "thread_parts_64k": lambda: _thread_parts(64 * 1024),

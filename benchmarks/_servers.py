@@ -14,10 +14,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .nginx_sink import _proc_cpu_seconds
 
@@ -28,15 +30,29 @@ __all__ = ["ServerProcess", "discard_process", "emulator_process"]
 class ServerProcess:
     endpoint: str
     pid: int
+    proc: subprocess.Popen[str]
+    log: Path
 
     def cpu_seconds(self) -> float:
         return _proc_cpu_seconds(self.pid)
 
+    def check_alive(self) -> None:
+        """Raise with the server's stderr if it has exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"server {self.endpoint} exited with {self.proc.returncode}: "
+                f"{self.log.read_text(errors='replace')[-2000:]}"
+            )
+
 
 @contextmanager
 def _spawn(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[ServerProcess]:
+    # stderr goes to a file: a pipe nobody reads could fill up and block the server.
+    log_fd, log_name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
+    log = Path(log_name)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+                            stderr=log_fd, env=env, text=True)
+    os.close(log_fd)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30
@@ -47,10 +63,10 @@ def _spawn(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[ServerPr
                 break
             match = re.search(ready, line)
             if match:
-                yield ServerProcess(endpoint=match.group(1), pid=proc.pid)
+                yield ServerProcess(endpoint=match.group(1), pid=proc.pid, proc=proc, log=log)
                 return
-        err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-        raise RuntimeError(f"{' '.join(cmd)} did not start: {line.strip()} {err.strip()}")
+        raise RuntimeError(f"{' '.join(cmd)} did not start: {line.strip()} "
+                           f"{log.read_text(errors='replace').strip()[-2000:]}")
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -59,9 +75,10 @@ def _spawn(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[ServerPr
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
+        for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+        log.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -17,6 +17,8 @@ Groups (``--only`` picks some):
 * ``scaling``: resumable upload wall time for concurrency 1/2/4/8/16 x part size 1/8/32 MiB;
 * ``profile``: where the client's time goes (py-spy when it can attach, else cProfile) on the
   resumable upload and the small puts;
+* ``proposals``: prototyped core changes (:mod:`benchmarks._patches`, monkeypatched into the
+  worker) against the unpatched code, interleaved (not run by ``--quick`` unless asked);
 * ``emulator``: ``curl -T`` into the emulator vs into the same uvicorn stack discarding, and
   the SDK's resumable upload into the emulator vs ``curl -T`` into it.
 
@@ -459,38 +461,61 @@ def profile_group(report: Report, s: Settings, env: Env, big: Path) -> None:
 # --------------------------------------------------------------------------- proposals
 
 #: (label, patches) of the core changes prototyped in :mod:`benchmarks._patches`.
-LARGE_PROPOSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("baseline", ()),
-    ("+ background checkpoint writer", ("async_checkpoint",)),
-    ("+ sniffio installed", ("sniffio",)),
-    ("+ both", ("async_checkpoint", "sniffio")),
-    ("+ both + thread-per-part data plane", ("async_checkpoint", "sniffio", "thread_parts_256k")),
-)
-PUT_PROPOSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("baseline", ()),
-    ("+ sniffio + thread-per-request data plane", ("sniffio", "thread_parts_256k")),
-)
-SMALL_PROPOSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("baseline", ()),
-    ("+ sniffio installed", ("sniffio",)),
-    ("+ 8 sharded pools", ("shard_pool",)),
-    ("+ both", ("sniffio", "shard_pool")),
-)
+def _have_sniffio() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sniffio") is not None
+
+
+def _have_fast_pool() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("oss_callback._pool") is not None
+
+
+Rows = list[tuple[str, tuple[str, ...]]]
+
+
+def _proposals() -> tuple[Rows, Rows, Rows]:
+    """(label, patches) rows for the large upload, put_object and small puts.
+
+    The ``sniffio`` rows only mean something where sniffio is missing (it is a dependency
+    since it was measured here); with it installed the patch is a no-op and is left out.
+    Likewise the sharded httpcore pools only where the SDK still uses httpcore's pool.
+    """
+    sn: tuple[str, ...] = () if _have_sniffio() else ("sniffio",)
+    large: Rows = [("baseline", ()),
+                   ("+ background checkpoint writer", ("async_checkpoint",))]
+    if sn:
+        large += [("+ sniffio installed", sn),
+                  ("+ checkpoint writer + sniffio", ("async_checkpoint", *sn))]
+    large.append(("+ checkpoint writer + thread-per-part data plane",
+                  ("async_checkpoint", *sn, "thread_parts_256k")))
+    put: Rows = [("baseline", ()),
+                 ("+ thread-per-request data plane", (*sn, "thread_parts_256k"))]
+    small: Rows = [("baseline", ())]
+    if sn:
+        small.append(("+ sniffio installed", sn))
+    if not _have_fast_pool():  # before FastHTTPTransport, the default was httpcore's pool
+        small.append(("+ 8 sharded httpx pools", (*sn, "shard_pool")))
+    small.append(("+ lean asyncio/httptools pool instead of httpx", ("lean_http",)))
+    return large, put, small
 
 
 def proposals_group(report: Report, s: Settings, env: Env, big: Path) -> None:
     """Prototyped core changes (monkeypatched in the worker) against the unpatched code."""
     size = big.stat().st_size
+    large_rows, put_rows, small_rows = _proposals()
     large = [
         env.worker(f"resumable {label}", "sdk", "resumable", bytes_=size, file=str(big),
                    part_size=s.part_size, concurrency=s.concurrency, patches=list(patches),
                    note=", ".join(patches))
-        for label, patches in LARGE_PROPOSALS
+        for label, patches in large_rows
     ]
     large += [
         env.worker(f"put_object {label}", "sdk", "put", bytes_=size, file=str(big),
                    patches=list(patches), note=", ".join(patches))
-        for label, patches in PUT_PROPOSALS
+        for label, patches in put_rows
     ]
     if have_curl():
         large.append(env.curl(CURL, big, lambda: f"{env.endpoint}/{BUCKET}/{_key('curl')}",
@@ -499,7 +524,7 @@ def proposals_group(report: Report, s: Settings, env: Env, big: Path) -> None:
         env.worker(f"small puts {label}", "sdk", "small", objects=s.small_count,
                    count=s.small_count, object_size=s.small_size, inflight=s.inflight,
                    patches=list(patches), note=", ".join(patches))
-        for label, patches in SMALL_PROPOSALS
+        for label, patches in small_rows
     ]
     _log(f"\n[proposals] prototyped core changes, {s.rounds} interleaved rounds")
     results = run_rounds(large, s.rounds, log=_log)
@@ -570,7 +595,12 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
                          note="for reference"),
         ]
         _log(f"\n[emulator] {_size_label(size)} end to end, {s.rounds} rounds")
-        results = run_rounds(cases, s.rounds, log=_log)
+        try:
+            results = run_rounds(cases, s.rounds, log=_log)
+        except Exception:
+            discard.check_alive()
+            emu.check_alive()
+            raise
     shutil.rmtree(data_dir, ignore_errors=True)
     _table(report, f"Emulator end to end ({_size_label(size)})", results, EMU_CURL,
            f"Server and client are separate processes; `server CPU` is the uvicorn process's; "
@@ -620,7 +650,8 @@ _METHOD = """\
 * Each client run is a separate process (`python -m benchmarks._worker SPEC`; curl itself for
   the reference). The worker sets the client up first and times only the operation: wall
   time, CPU of the whole process (user + system, all threads, `getrusage`) and peak RSS
-  (`VmHWM`, including the interpreter). curl's CPU and peak RSS come from `wait4`.
+  (`VmHWM`, including the interpreter). curl's CPU comes from `wait4`, its peak RSS from
+  polling its `VmHWM` (wait4's `ru_maxrss` would report the spawning parent's).
 * The cases of one comparison run in rounds, each round in a rotated order; ratios are taken
   inside a round and the median over rounds is reported, so load from other work on the
   machine affects both sides of a ratio.
@@ -641,9 +672,25 @@ _METHOD = """\
 # --------------------------------------------------------------------------- main
 
 
+def _guarded(report: Report, group: str, fn: Callable[[], None]) -> None:
+    """Run one group; a failure is reported (and the other groups still run)."""
+    try:
+        fn()
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        msg = f"group '{group}' FAILED: {type(exc).__name__}: {str(exc).strip()[-600:]}"
+        print("\n" + msg, flush=True)
+        report.skipped.append(msg)
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     size = args.size or (128 * MiB if args.quick else 1 * GiB)
-    groups = tuple(g.strip() for g in args.only.split(",")) if args.only else GROUPS
+    if args.only:
+        groups = tuple(g.strip() for g in args.only.split(","))
+    else:  # --quick leaves out the prototypes (ask for them with --only proposals)
+        groups = tuple(g for g in GROUPS if not (args.quick and g == "proposals"))
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise SystemExit(f"unknown group(s) {', '.join(sorted(unknown))}; choose from "
@@ -672,6 +719,10 @@ def parse_size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C, so nginx, the servers and the temp files are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -706,25 +757,30 @@ def main(argv: list[str] | None = None) -> int:
             with NginxSink() as sink:
                 env = Env(sink.endpoint, SINK_KEYS, sink.cpu_seconds, scratch)
                 print(f"nginx sink on {sink.endpoint} (pid {sink.pid})", flush=True)
-                if "sink" in s.groups:
-                    sink_large(report, s, env, big)
-                if "small" in s.groups:
-                    sink_small(report, s, env)
-                if "memory" in s.groups:
+                def memory() -> None:
                     files = {size: make_file(scratch / f"src-{size}.bin", size)
                              for size in s.mem_sizes}
-                    sink_memory(report, s, env, files)
-                    for size, path in files.items():
-                        if size != s.size:
-                            path.unlink()
-                if "scaling" in s.groups:
-                    sink_scaling(report, s, env, big)
-                if "profile" in s.groups:
-                    profile_group(report, s, env, big)
-                if "proposals" in s.groups:
-                    proposals_group(report, s, env, big)
+                    try:
+                        sink_memory(report, s, env, files)
+                    finally:
+                        for size, path in files.items():
+                            if size != s.size:
+                                path.unlink()
+
+                groups: dict[str, Callable[[], None]] = {
+                    "sink": lambda: sink_large(report, s, env, big),
+                    "small": lambda: sink_small(report, s, env),
+                    "memory": memory,
+                    "scaling": lambda: sink_scaling(report, s, env, big),
+                    "profile": lambda: profile_group(report, s, env, big),
+                    "proposals": lambda: proposals_group(report, s, env, big),
+                }
+                for name, fn in groups.items():
+                    if name in s.groups:
+                        _guarded(report, name, fn)
         if "emulator" in s.groups:
-            emulator_group(report, s, scratch, big, args.emulator_data_dir)
+            _guarded(report, "emulator", lambda: emulator_group(
+                report, s, scratch, big, args.emulator_data_dir))
     header = ["target", "measured", "limit", "status", "detail"]
     report.add("Targets", markdown_table(header, [t.row() for t in report.targets]),
                text_table(header, [t.row() for t in report.targets]))

@@ -228,7 +228,8 @@ class _Uploader:
         self.ckpt_path = ckpt_path
         self.headers_digest = _headers_digest(headers)
         self.callback_digest = callback.digest() if callback else None
-        self.lock = anyio.Lock()
+        self._dirty = False
+        self._writing = False
 
     # -------------------------------------------------------------- checkpoint
 
@@ -265,12 +266,28 @@ class _Uploader:
         return ckpt
 
     async def _save(self, ckpt: Checkpoint) -> None:
+        """Record ``ckpt``; writes coalesce so parts don't queue behind each other's fsync.
+
+        If a write is already running, this only marks the checkpoint dirty and returns: the
+        running writer writes the newest state again before it stops.  A part finished but
+        not yet written is still safe: on resume, ``_reconcile`` adopts parts OSS has whose
+        CRC-64 matches the local bytes.
+        """
         if self.ckpt_path is None:
             return
         path = self.ckpt_path
-        async with self.lock:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(write_checkpoint, path, ckpt.to_payload())
+        self._dirty = True
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            while self._dirty:
+                self._dirty = False
+                payload = ckpt.to_payload()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(write_checkpoint, path, payload)
+        finally:
+            self._writing = False
 
     async def _abort_quietly(self, upload_id: str) -> None:
         with anyio.move_on_after(30, shield=True):
