@@ -566,6 +566,8 @@ EMU_DISCARD = "curl -T -> uvicorn discard app"
 EMU_CURL = "curl -T -> emulator PutObject"
 EMU_RES = "sdk resumable_upload -> emulator"
 EMU_PUT = "sdk put_object -> emulator"
+EMU_OSS2 = "oss2.resumable_upload -> emulator"
+EMU_V2 = "v2 Uploader -> emulator"
 
 
 def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
@@ -593,6 +595,12 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
                          note=f"{s.part_size // MiB} MiB x {s.concurrency}, incl. Complete"),
             e_env.worker(EMU_PUT, "sdk", "put", bytes_=size, file=str(big),
                          note="for reference"),
+            e_env.worker(EMU_OSS2, "oss2", "resumable", bytes_=size, crc=True, file=str(big),
+                         part_size=s.part_size, concurrency=s.concurrency,
+                         note=f"num_threads={s.concurrency}, CRC on"),
+            e_env.worker(EMU_V2, "v2", "resumable", bytes_=size, crc=True, file=str(big),
+                         part_size=s.part_size, concurrency=s.concurrency,
+                         note=f"parallel_num={s.concurrency}, CRC on"),
         ]
         _log(f"\n[emulator] {_size_label(size)} end to end, {s.rounds} rounds")
         try:
@@ -611,6 +619,11 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
     report.targets.append(Target(
         f"SDK resumable_upload into emulator / curl -T into it ({_size_label(size)})",
         ratio(results, EMU_RES, EMU_CURL), "<=", 1.2))
+    for peer in (EMU_OSS2, EMU_V2):
+        if peer in results:
+            report.targets.append(Target(
+                f"{peer} / sdk resumable_upload -> emulator (wall; informational)",
+                ratio(results, peer, EMU_RES), ">=", 1.0, detail="issue #4 comparison"))
 
 
 # --------------------------------------------------------------------------- report
