@@ -188,6 +188,20 @@ def _x(value: str) -> str:
     return escape(value)
 
 
+XML_CONTENT_TYPE = ("Content-Type", "application/xml")
+
+
+def _xml_ok(root: str, children: str) -> Response:
+    """A 200 answer with an OSS XML document."""
+    return Response(status=200, headers=[XML_CONTENT_TYPE], body=_xml_doc(root, children))
+
+
+def _common_prefixes(prefixes: Iterable[str], enc: Callable[[str], str]) -> str:
+    return "".join(
+        f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n" for p in prefixes
+    )
+
+
 def _xml_doc(root: str, children: str) -> bytes:
     return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}{NS}>\n{children}</{root}>\n'.encode()
 
@@ -867,7 +881,7 @@ class EmulatorApp:
             f"  <Owner><ID>{OWNER_ID}</ID><DisplayName>{OWNER_ID}</DisplayName></Owner>\n"
             f"  <Buckets>\n{items}  </Buckets>\n",
         )
-        return Response(status=200, headers=[("Content-Type", "application/xml")], body=body)
+        return Response(status=200, headers=[XML_CONTENT_TYPE], body=body)
 
     def _put_bucket(self, req: Request) -> Response:
         assert req.bucket is not None
@@ -979,16 +993,9 @@ class EmulatorApp:
             + _el("IsTruncated", str(truncated).lower())
             + (_el("NextMarker", enc(last)) if truncated else "")
             + self._contents(objs, enc, owner=True)
-            + "".join(
-                f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n"
-                for p in prefixes
-            )
+            + _common_prefixes(prefixes, enc)
         )
-        return Response(
-            status=200,
-            headers=[("Content-Type", "application/xml")],
-            body=_xml_doc("ListBucketResult", children),
-        )
+        return _xml_ok("ListBucketResult", children)
 
     async def _op_ListObjectsV2(self, req: Request) -> Response:
         assert req.bucket is not None
@@ -1014,16 +1021,9 @@ class EmulatorApp:
             + (_el("NextContinuationToken", _token_encode(last)) if truncated else "")
             + _el("KeyCount", len(objs) + len(prefixes))
             + self._contents(objs, enc, owner=q.get("fetch-owner") == "true")
-            + "".join(
-                f"  <CommonPrefixes><Prefix>{_x(enc(p))}</Prefix></CommonPrefixes>\n"
-                for p in prefixes
-            )
+            + _common_prefixes(prefixes, enc)
         )
-        return Response(
-            status=200,
-            headers=[("Content-Type", "application/xml")],
-            body=_xml_doc("ListBucketResult", children),
-        )
+        return _xml_ok("ListBucketResult", children)
 
     async def _op_ListMultipartUploads(self, req: Request) -> Response:
         assert req.bucket is not None
@@ -1087,11 +1087,7 @@ class EmulatorApp:
             + _el("IsTruncated", str(truncated).lower())
             + "".join(entries)
         )
-        return Response(
-            status=200,
-            headers=[("Content-Type", "application/xml")],
-            body=_xml_doc("ListMultipartUploadsResult", children),
-        )
+        return _xml_ok("ListMultipartUploadsResult", children)
 
     async def _op_DeleteMultipleObjects(self, req: Request) -> Response:
         assert req.bucket is not None
@@ -1113,11 +1109,7 @@ class EmulatorApp:
             self.store.delete(req.bucket, key)
             if not quiet:
                 deleted += f"  <Deleted><Key>{_x(enc(key))}</Key></Deleted>\n"
-        return Response(
-            status=200,
-            headers=[("Content-Type", "application/xml")],
-            body=_xml_doc("DeleteResult", enc_xml + deleted),
-        )
+        return _xml_ok("DeleteResult", enc_xml + deleted)
 
     async def _op_EmptyObjectName(self, req: Request) -> Response:
         raise OSSErrorResponse(400, "InvalidObjectName", "The object name must not be empty.")
@@ -1298,7 +1290,7 @@ class EmulatorApp:
             + _el("UploadId", upload.upload_id)
             + enc_xml,
         )
-        return Response(status=200, headers=[("Content-Type", "application/xml")], body=body)
+        return Response(status=200, headers=[XML_CONTENT_TYPE], body=body)
 
     async def _op_UploadPart(self, req: Request) -> Response:
         raw_number = req.q.get("partNumber", "")
@@ -1475,11 +1467,7 @@ class EmulatorApp:
             + enc_xml
             + parts_xml
         )
-        return Response(
-            status=200,
-            headers=[("Content-Type", "application/xml")],
-            body=_xml_doc("ListPartsResult", children),
-        )
+        return _xml_ok("ListPartsResult", children)
 
     async def _op_AbortMultipartUpload(self, req: Request) -> Response:
         upload = self._upload_or_404(req)
