@@ -1,35 +1,15 @@
-"""Shared fixtures: a real HTTP callback receiver, emulator-backed buckets, both facades."""
+"""Shared fixtures: emulator-backed buckets through both facades (the emulator and
+callback receiver fixtures come from the package's pytest plugin)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Iterator
-from http.server import ThreadingHTTPServer
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from facades import Api
-from helpers import CallbackReceiver, _make_handler
 
 from oss_callback import AsyncBucket, AsyncClient, RetryPolicy
-
-
-@pytest.fixture
-def callback_server() -> Iterator[CallbackReceiver]:
-    """A callback receiver: ``.url``, ``.received``, and ``.status/.reply/.delay`` to tweak."""
-    box: list[CallbackReceiver] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(box))
-    server.daemon_threads = True
-    receiver = CallbackReceiver(server=server)
-    box.append(receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture

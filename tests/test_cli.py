@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CallbackReceiver
+
+from oss_callback.testing import CallbackReceiver
 
 CLI = [sys.executable, "-m", "oss_callback"]
 PART = 100 * 1024
@@ -53,13 +54,13 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_upload_with_callback_and_json_output(
-    oss_emulator: Any, callback_server: CallbackReceiver, tmp_path: Path
+    oss_emulator: Any, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     oss_emulator.create_bucket("cli-bucket")
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(3 * PART + 5))
     proc = run("upload", str(src), "oss://cli-bucket/dir/f.bin", "--part-size", "100KiB",
-               "--concurrency", "2", "--callback-url", callback_server.url + "/cb",
+               "--concurrency", "2", "--callback-url", callback_receiver.url + "/cb",
                "--callback-query", "from=cli", "--callback-var", "x:who=me",
                "--callback-body", "object=${object}&who=${x:who}", "--json",
                "--checkpoint-file", str(tmp_path / "c.json"), env=emu_env(oss_emulator))
@@ -68,20 +69,20 @@ def test_upload_with_callback_and_json_output(
     assert doc["ok"] is True
     assert doc["result"]["callback_body"] == '{"Status":"OK"}'
     assert doc["result"]["upload_id"]
-    (received,) = callback_server.received
+    (received,) = callback_receiver.received
     assert received.body == b"object=dir%2Ff.bin&who=me"
     assert received.query == "from=cli"
     assert oss_emulator.get_object("cli-bucket", "dir/f.bin") == src.read_bytes()
 
 
 def test_callback_failure_has_its_own_exit_code(
-    oss_emulator: Any, callback_server: CallbackReceiver, tmp_path: Path
+    oss_emulator: Any, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     oss_emulator.create_bucket("cli-bucket")
-    callback_server.status = 500
+    callback_receiver.respond(status=500)
     src = tmp_path / "f.bin"
     src.write_bytes(b"hello")
-    proc = run("upload", str(src), "oss://cli-bucket/k", "--callback-url", callback_server.url,
+    proc = run("upload", str(src), "oss://cli-bucket/k", "--callback-url", callback_receiver.url,
                env=emu_env(oss_emulator))
     assert proc.returncode == 3, proc.stderr
     assert "stored, but the callback failed" in proc.stderr

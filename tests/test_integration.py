@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from facades import Api
-from helpers import CallbackReceiver, form_fields, json_body
+from helpers import form_fields, json_body
 
 from oss_callback import Callback, CallbackError, InconsistentError, ServiceError
+from oss_callback.testing import CallbackReceiver
 
 pytestmark = pytest.mark.usefixtures("oss_emulator")
 
@@ -104,20 +105,20 @@ async def test_range_get_and_get_to_file(api: Api, tmp_path: Path) -> None:
 
 
 async def test_put_with_callback_reaches_the_server_once(
-    api: Api, callback_server: CallbackReceiver, bucket_name: str
+    api: Api, callback_receiver: CallbackReceiver, bucket_name: str
 ) -> None:
     cb = Callback(
-        callback_server.url + "/hooks/upload",
+        callback_receiver.url + "/hooks/upload",
         query={"source": "test suite"},
         body="bucket=${bucket}&object=${object}&size=${size}&etag=${etag}&uid=${x:uid}",
         variables={"x:uid": "42"},
     )
-    callback_server.reply = b'{"Status":"OK","id":7}'
+    callback_receiver.respond(body=b'{"Status":"OK","id":7}')
     result = await api.put_object("cb/form.txt", b"hello callback", callback=cb)
     assert result.callback_status == 200
     assert result.callback_body == b'{"Status":"OK","id":7}'
     assert result.callback_json() == {"Status": "OK", "id": 7}
-    (received,) = callback_server.received
+    (received,) = callback_receiver.received
     assert received.path == "/hooks/upload"
     assert received.query == "source=test+suite"
     fields = form_fields(received.body)
@@ -127,11 +128,11 @@ async def test_put_with_callback_reaches_the_server_once(
     assert received.headers["x-oss-pub-key-url"]
 
 
-async def test_json_callback_body(api: Api, callback_server: CallbackReceiver) -> None:
-    cb = Callback(callback_server.url, body='{"object":${object},"size":${size}}',
+async def test_json_callback_body(api: Api, callback_receiver: CallbackReceiver) -> None:
+    cb = Callback(callback_receiver.url, body='{"object":${object},"size":${size}}',
                   body_type="application/json")
     await api.put_object("cb/json", b"12345", callback=cb)
-    (received,) = callback_server.received
+    (received,) = callback_receiver.received
     assert received.headers["content-type"].startswith("application/json")
     assert json_body(received.body) == {"object": "cb/json", "size": 5}
 
@@ -141,13 +142,12 @@ async def test_json_callback_body(api: Api, callback_server: CallbackReceiver) -
     [(500, b'{"error":"boom"}', "500"), (200, b"not json", "json")],
 )
 async def test_failing_callback_raises_callback_error_and_keeps_the_object(
-    api: Api, callback_server: CallbackReceiver, status: int, reply: bytes, message: str
+    api: Api, callback_receiver: CallbackReceiver, status: int, reply: bytes, message: str
 ) -> None:
-    callback_server.status = status
-    callback_server.reply = reply
+    callback_receiver.respond(status=status, body=reply)
     data = b"stored despite the callback"
     with pytest.raises(CallbackError) as info:
-        await api.put_object("cb/fails", data, callback=Callback(callback_server.url))
+        await api.put_object("cb/fails", data, callback=Callback(callback_receiver.url))
     err = info.value
     assert err.status == 203 and err.code == "CallbackFailed"
     assert message in err.message.lower()
@@ -156,7 +156,7 @@ async def test_failing_callback_raises_callback_error_and_keeps_the_object(
     assert await api.get_object("cb/fails") == data  # the object IS stored
 
 
-async def test_callback_server_down_is_a_callback_error(api: Api) -> None:
+async def test_callback_receiver_down_is_a_callback_error(api: Api) -> None:
     with pytest.raises(CallbackError, match="connect"):
         await api.put_object("cb/down", b"x", callback=Callback("http://127.0.0.1:9/nothing"))
     assert await api.object_exists("cb/down")

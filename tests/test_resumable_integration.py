@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from facades import Api
-from helpers import CallbackReceiver, form_fields
+from helpers import form_fields
 
 from oss_callback import (
     AsyncBucket,
@@ -24,6 +24,7 @@ from oss_callback import (
     CheckpointError,
     FileChangedError,
 )
+from oss_callback.testing import CallbackReceiver
 
 PART = 100 * 1024  # the smallest part OSS allows, to get many parts from small files
 
@@ -45,10 +46,10 @@ class Stop(Exception):
 
 
 async def test_multipart_with_callback(
-    api: Api, oss_emulator: Any, callback_server: CallbackReceiver, tmp_path: Path
+    api: Api, oss_emulator: Any, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     src = make_file(tmp_path, 5 * PART + 1234)
-    cb = Callback(callback_server.url + "/done",
+    cb = Callback(callback_receiver.url + "/done",
                   body="object=${object}&size=${size}&etag=${etag}&crc=${crc64}")
     progress: list[tuple[int, int | None]] = []
     result = await api.resumable_upload(
@@ -57,7 +58,7 @@ async def test_multipart_with_callback(
     )
     assert result.upload_id is not None
     assert result.callback_body == b'{"Status":"OK"}'
-    (received,) = callback_server.received  # exactly once
+    (received,) = callback_receiver.received  # exactly once
     fields = form_fields(received.body)
     assert fields["size"] == str(src.stat().st_size)  # the whole object, not a part
     head = await api.head_object("big/object.bin")
@@ -71,13 +72,13 @@ async def test_multipart_with_callback(
 
 
 async def test_small_file_is_one_put_with_the_callback(
-    api: Api, oss_emulator: Any, callback_server: CallbackReceiver, tmp_path: Path
+    api: Api, oss_emulator: Any, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     src = make_file(tmp_path, 1000)
-    result = await api.resumable_upload("small", src, callback=Callback(callback_server.url),
+    result = await api.resumable_upload("small", src, callback=Callback(callback_receiver.url),
                                         part_size=PART, checkpoint_file=tmp_path / "c.json")
     assert result.upload_id is None
-    assert len(callback_server.received) == 1
+    assert len(callback_receiver.received) == 1
     assert ops(oss_emulator, "InitiateMultipartUpload") == []
     assert await api.get_object("small") == src.read_bytes()
 
@@ -176,14 +177,14 @@ async def test_foreign_checkpoint_is_refused(api: Api, tmp_path: Path) -> None:
 
 
 async def test_callback_failure_on_complete_removes_the_checkpoint(
-    api: Api, callback_server: CallbackReceiver, tmp_path: Path
+    api: Api, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     src = make_file(tmp_path, 3 * PART)
     ckpt = tmp_path / "ckpt.json"
-    callback_server.status = 502
+    callback_receiver.respond(status=502)
     with pytest.raises(CallbackError) as info:
         await api.resumable_upload("cbfail.bin", src, part_size=PART, checkpoint_file=ckpt,
-                                   callback=Callback(callback_server.url))
+                                   callback=Callback(callback_receiver.url))
     assert info.value.result.upload_id is not None
     assert info.value.result.etag
     assert not ckpt.exists()  # a rerun must not try to complete again
