@@ -85,7 +85,11 @@ class Checkpoint:
             "part_size": self.part_size,
             "headers_digest": self.headers_digest,
             "callback_digest": self.callback_digest,
-            "parts": [attrs.asdict(p) for _, p in sorted(self.parts.items())],
+            "parts": [
+                {"number": p.number, "offset": p.offset, "size": p.size, "etag": p.etag,
+                 "crc64": p.crc64}
+                for _, p in sorted(self.parts.items())
+            ],
         }
 
     def encode(self) -> bytes:
@@ -103,7 +107,7 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
     return json.dumps(
         {"format": FORMAT, "version": VERSION, "checksum": _checksum(payload),
          "payload": payload},
-        indent=1,
+        separators=(",", ":"),  # compact: json only uses its C encoder without indent
     ).encode()
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from ._body import FileRangeBody, ProgressFn, _read_crc, check_readable_file
 from ._callback import Callback
@@ -283,9 +284,11 @@ class _Uploader:
         try:
             while self._dirty:
                 self._dirty = False
-                payload = ckpt.to_payload()
+                # A shallow copy on the loop (parts are frozen): encoding 10,000 parts takes
+                # tens of ms, so it happens in the worker thread, not on the event loop.
+                snapshot = attrs.evolve(ckpt, parts=dict(ckpt.parts))
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(write_checkpoint, path, payload)
+                    await anyio.to_thread.run_sync(write_checkpoint, path, snapshot)
         finally:
             self._writing = False
 
