@@ -12,6 +12,7 @@ A request is described by: the HTTP method, the bucket (or ``None``), the object
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
@@ -83,6 +84,19 @@ def format_v4_date(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+@functools.lru_cache(maxsize=4)
+def _dates(epoch_second: int) -> tuple[str, str]:
+    """``(RFC 1123, ISO basic)`` for one second: formatted once, not per request."""
+    when = datetime.fromtimestamp(epoch_second, timezone.utc)
+    return format_v1_date(when), format_v4_date(when)
+
+
+def _request_dates(now: datetime) -> tuple[str, str]:
+    if now.microsecond:
+        now = now.replace(microsecond=0)
+    return _dates(int(now.timestamp()))
+
+
 # --------------------------------------------------------------------------- V1
 
 
@@ -134,7 +148,7 @@ def sign_v1(
     Returns the StringToSign (useful for debugging a ``SignatureDoesNotMatch``).
     """
     _drop(headers, "authorization")
-    _set(headers, "date", format_v1_date(now))
+    _set(headers, "date", _request_dates(now)[0])
     if credentials.security_token:
         _set(headers, "x-oss-security-token", credentials.security_token)
     sts = v1_string_to_sign(method, bucket, key, query, headers)
@@ -222,10 +236,17 @@ def v4_signature(
     secret: str, date: str, region: str, string_to_sign: str, product: str = "oss"
 ) -> str:
     """Lowercase hex HMAC-SHA256 of ``string_to_sign`` under the derived signing key."""
-    key = hmac.new(f"aliyun_v4{secret}".encode(), date[:8].encode(), hashlib.sha256).digest()
+    key = _signing_key(secret, date[:8], region, product)
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret: str, day: str, region: str, product: str) -> bytes:
+    # Four HMACs that only change once a day: derived once, not per request.
+    key = hmac.new(f"aliyun_v4{secret}".encode(), day.encode(), hashlib.sha256).digest()
     for part in (region, product, "aliyun_v4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return key
 
 
 def sign_v4(
@@ -246,9 +267,9 @@ def sign_v4(
     Returns the StringToSign (useful for debugging a ``SignatureDoesNotMatch``).
     """
     _drop(headers, "authorization")
-    x_oss_date = format_v4_date(now)
+    rfc1123, x_oss_date = _request_dates(now)
     _set(headers, "x-oss-date", x_oss_date)
-    _set(headers, "date", format_v1_date(now))
+    _set(headers, "date", rfc1123)
     _set(headers, "x-oss-content-sha256", UNSIGNED_PAYLOAD)
     if credentials.security_token:
         _set(headers, "x-oss-security-token", credentials.security_token)
