@@ -20,8 +20,10 @@ from ._errors import FileChangedError
 
 __all__ = ["Body", "ProgressFn", "check_readable_file", "make_body"]
 
-#: Read size for files: large enough that the thread hop is noise (see benchmarks/).
-FILE_CHUNK = 1024 * 1024
+#: Read size for files: one worker-thread hop (read + CRC-64) per chunk. Measured on a
+#: 512 MiB resumable upload into the nginx sink: 4 MiB chunks use ~20% less CPU than 1 MiB
+#: (fewer hops and sends); memory stays bounded by concurrency x 4 MiB.
+FILE_CHUNK = 4 * 1024 * 1024
 #: Slice size when sending in-memory bytes (granularity of progress reports).
 BYTES_CHUNK = 1024 * 1024
 
@@ -107,18 +109,30 @@ class FileRangeBody(Body):
                 f"{st.st_size}); the upload was stopped before completing, upload it again"
             )
 
+    def _open(self) -> IO[bytes]:
+        f = open(self.path, "rb")  # noqa: SIM115 - closed by _chunks' finally
+        if self.offset:
+            f.seek(self.offset)
+        return f
+
+    def _read(self, f: IO[bytes], n: int, crc: int, last: bool) -> tuple[bytes, int]:
+        """One worker-thread hop: read, CRC, and (for the last chunk) the unchanged check."""
+        data, crc = _read_crc(f, n, crc)
+        if last and len(data) == n:
+            # Before the last chunk leaves: a changed file aborts the request, so a mixed
+            # or truncated object is never stored.
+            self._check_unchanged(f)
+        return data, crc
+
     async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
         with anyio.CancelScope(shield=True):  # a cancelled open must not drop the handle
-            f = await anyio.to_thread.run_sync(open, self.path, "rb")
+            f = await anyio.to_thread.run_sync(self._open)
         try:
-            if self.offset:
-                await anyio.to_thread.run_sync(f.seek, self.offset)
             remaining = self.size or 0
             crc = 0
             while remaining > 0:
-                data, crc = await anyio.to_thread.run_sync(
-                    _read_crc, f, min(self._chunk_size, remaining), crc
-                )
+                n = min(self._chunk_size, remaining)
+                data, crc = await anyio.to_thread.run_sync(self._read, f, n, crc, n == remaining)
                 if not data:
                     raise FileChangedError(
                         f"{self.path} shrank while it was being uploaded "
@@ -126,10 +140,6 @@ class FileRangeBody(Body):
                         f"{self.offset + (self.size or 0) - remaining}); upload it again"
                     )
                 remaining -= len(data)
-                if remaining <= 0:
-                    # Before the last chunk leaves: a changed file aborts the request, so a
-                    # mixed or truncated object is never stored.
-                    await anyio.to_thread.run_sync(self._check_unchanged, f)
                 yield data, crc
         finally:
             # Synchronous on purpose: closing a read-only file doesn't block, and this must

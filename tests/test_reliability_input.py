@@ -49,6 +49,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
+from oss_callback._body import FILE_CHUNK
 from oss_callback._checkpoint import (
     Checkpoint,
     FileIdentity,
@@ -182,13 +183,13 @@ async def test_put_object_file_changing_during_upload_stores_nothing(
     api: Api, oss_emulator: OSSEmulator, tmp_path: Path, how: str
 ) -> None:
     src = tmp_path / "src.bin"
-    write_file(src, 3 * MiB + 17)  # several 1 MiB reads
+    write_file(src, 3 * FILE_CHUNK + 17)  # several reads: the change lands between two
     past = time.time() - 3600
     os.utime(src, (past, past))  # so an in-place rewrite visibly changes the mtime
     changed: list[bool] = []
 
     def change_once(done: int, total: int | None) -> None:
-        if done >= MiB and not changed:
+        if done >= FILE_CHUNK and not changed:
             changed.append(True)
             _change(src, how)
 
