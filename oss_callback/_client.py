@@ -461,7 +461,7 @@ class AsyncBucket:
 
         Files smaller than one part go through a single :meth:`put_object` (with the
         callback). Larger files: InitiateMultipartUpload, ``concurrency`` UploadPart requests
-        in flight (each part read from disk in 4 MiB chunks in a worker thread, its CRC-64
+        in flight (each part read from disk in 2 MiB chunks in a worker thread, its CRC-64
         verified), a checkpoint written atomically after every part, then
         CompleteMultipartUpload carrying the callback, and the object's CRC-64 checked
         against the combination of all parts' (resumed ones included).
@@ -473,7 +473,7 @@ class AsyncBucket:
             part_size: bytes per part (100 KiB..5 GiB); ``None`` picks 8 MiB, grown so the file
                 never needs more than 10,000 parts.
             concurrency: parts in flight (default 4). Memory stays around
-                ``concurrency x 4 MiB`` (parts are streamed, not buffered).
+                ``concurrency x 2 MiB`` (parts are streamed, not buffered).
             checkpoint_file: where to record progress; ``None`` uses a per-user state folder
                 (``$OSS_CALLBACK_STATE_DIR``, else ``$XDG_STATE_HOME/oss_callback/checkpoints``
                 or ``~/.local/state/oss_callback/checkpoints``). A valid checkpoint is resumed.
