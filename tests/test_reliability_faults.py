@@ -63,11 +63,6 @@ TRANSIENT: dict[str, dict[str, Any]] = {
 }
 
 
-def transient_params() -> list[Any]:
-    return [pytest.param(name)
-            for name in TRANSIENT]
-
-
 @pytest.fixture(params=["async", "sync"])
 def facade(request: pytest.FixtureRequest) -> str:
     """The facade for tests that build their own client (short timeouts)."""
@@ -87,7 +82,7 @@ def checkpoint_parts(path: Path) -> set[int]:
 
 
 @pytest.mark.parametrize("source", ["bytes", "file"])
-@pytest.mark.parametrize("fault", transient_params())
+@pytest.mark.parametrize("fault", list(TRANSIENT))
 async def test_put_object_transient_fault_is_retried_and_the_object_is_exact(
     api: Api, oss_emulator: OSSEmulator, tmp_path: Path, fault: str, source: str
 ) -> None:
@@ -192,7 +187,7 @@ async def test_put_object_always_slower_than_the_timeout_is_a_timeout_error(
 # --------------------------------------------------------------------------- resumable
 
 
-@pytest.mark.parametrize("fault", transient_params())
+@pytest.mark.parametrize("fault", list(TRANSIENT))
 async def test_resumable_transient_fault_on_one_part_is_retried(
     api: Api, oss_emulator: OSSEmulator, tmp_path: Path, fault: str
 ) -> None:
