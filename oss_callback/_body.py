@@ -101,7 +101,8 @@ class FileRangeBody(Body):
         self._expect = expect
         self._chunk_size = chunk_size
 
-    def _check_unchanged(self, f: IO[bytes]) -> None:
+    def check_unchanged(self, f: IO[bytes]) -> None:
+        """Raise :class:`FileChangedError` if the open file's size or mtime changed."""
         st = os.fstat(f.fileno())
         if (st.st_size, st.st_mtime_ns) != self._expect:
             raise FileChangedError(
@@ -121,7 +122,7 @@ class FileRangeBody(Body):
         if last and len(data) == n:
             # Before the last chunk leaves: a changed file aborts the request, so a mixed
             # or truncated object is never stored.
-            self._check_unchanged(f)
+            self.check_unchanged(f)
         return data, crc
 
     async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:

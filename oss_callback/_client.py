@@ -39,6 +39,7 @@ from ._models import (
     UploadPartResult,
 )
 from ._retry import RetryPolicy
+from ._wire import WirePool
 from ._xml import complete_body, parse_xml, strip_etag
 
 __all__ = ["AsyncBucket", "AsyncClient"]
@@ -136,6 +137,12 @@ class AsyncClient:
             trust_env=False,
             transport=transport or _default_transport(max_connections),
         )
+        # File bodies go out from worker threads (see ``_wire``) unless a custom transport
+        # was given: then httpx sees every request (MockTransport/respx in tests).
+        wire = (
+            None if transport is not None
+            else WirePool(timeout=http.timeout, max_idle=max_connections)
+        )
         self._session = Session(
             http=http,
             endpoint=parsed,
@@ -143,6 +150,7 @@ class AsyncClient:
             signature_version=signature_version,
             region=parsed.region,
             retry=retry or RetryPolicy(),
+            wire=wire,
         )
         self._state = _State.OPEN
 
@@ -185,6 +193,8 @@ class AsyncClient:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        if self._session.wire is not None:
+            self._session.wire.close()
         with anyio.move_on_after(10, shield=True):
             await self._session.http.aclose()
 

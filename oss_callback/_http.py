@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 import anyio
 import httpx
 
-from ._body import Body, ProgressFn
+from ._body import Body, FileRangeBody, ProgressFn
 from ._credentials import Credentials
 from ._endpoint import Endpoint
 from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
@@ -31,6 +31,7 @@ from ._errors import (
 from ._retry import RetryPolicy
 from ._signing import sign_v1, sign_v4
 from ._version import __version__
+from ._wire import WirePool
 
 __all__ = ["Session"]
 
@@ -66,8 +67,11 @@ class Session:
         signature_version: str,
         region: str | None,
         retry: RetryPolicy,
+        wire: WirePool | None = None,
     ) -> None:
         self.http = http
+        #: sends file bodies from worker threads (``None``: everything goes through httpx).
+        self.wire = wire
         self.endpoint = endpoint
         self.credentials = credentials
         self.signature_version = signature_version
@@ -120,7 +124,28 @@ class Session:
                 value = value.replace(form, "<redacted>")
             error.details[name] = value
 
-    def _build(
+    def _headers(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None,
+        query: Query,
+        headers: Mapping[str, str] | None,
+        body: Body | bytes | None,
+    ) -> dict[str, str]:
+        """The signed request headers (without ``host``, which the sender adds)."""
+        h: dict[str, str] = {"user-agent": USER_AGENT}
+        for name, value in (headers or {}).items():
+            h[name.lower()] = str(value)
+        if isinstance(body, Body):
+            if body.size is not None:
+                h["content-length"] = str(body.size)
+        elif body is not None or method in ("PUT", "POST"):
+            h["content-length"] = str(len(body or b""))
+        self._sign(method, bucket, key, query, h)
+        return h
+
+    async def _transmit(
         self,
         method: str,
         bucket: str | None,
@@ -129,22 +154,16 @@ class Session:
         headers: Mapping[str, str] | None,
         body: Body | bytes | None,
         on_bytes: Callable[[int], None] | None,
-    ) -> httpx.Request:
-        h: dict[str, str] = {"user-agent": USER_AGENT}
-        for name, value in (headers or {}).items():
-            h[name.lower()] = str(value)
+    ) -> httpx.Response:
+        """One attempt: sign and send; the response body is left unread."""
+        h = self._headers(method, bucket, key, query, headers, body)
+        url = self.endpoint.url(bucket, key, query)
+        if self.wire is not None and isinstance(body, FileRangeBody):
+            return await self.wire.send_file(method, httpx.URL(url), h, body, on_bytes)
         content: bytes | AsyncIterator[bytes] | None
-        if isinstance(body, Body):
-            if body.size is not None:
-                h["content-length"] = str(body.size)
-            content = body.stream(on_bytes)
-        else:
-            content = body
-            if body is not None or method in ("PUT", "POST"):
-                h["content-length"] = str(len(body or b""))
-        self._sign(method, bucket, key, query, h)
-        return httpx.Request(method, self.endpoint.url(bucket, key, query), headers=h,
-                             content=content)
+        content = body.stream(on_bytes) if isinstance(body, Body) else body
+        request = httpx.Request(method, url, headers=h, content=content)
+        return await self.http.send(request, stream=True)
 
     @asynccontextmanager
     async def stream(
@@ -205,12 +224,12 @@ class Session:
 
             response: httpx.Response | None = None
             try:
-                request = self._build(method, bucket, key, query, headers, body,
-                                      on_bytes if progress is not None else None)
                 if progress is not None and attempt:
                     progress(0, total)  # a retry starts over: progress rewinds
                 try:
-                    response = await self.http.send(request, stream=True)
+                    response = await self._transmit(
+                        method, bucket, key, query, headers, body,
+                        on_bytes if progress is not None else None)
                 except httpx.TimeoutException as exc:
                     raise RequestError(
                         f"{method} {_what(bucket, key)} timed out ({type(exc).__name__}); "
