@@ -72,6 +72,12 @@ MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 256
+#: Seconds between checkpoint writes while parts are uploading (the first write, the one
+#: before Complete and the one after a failure are never delayed). Each write is an fsync
+#: of the file and its folder: per part, they were ~15% of a 1 GiB upload's client CPU.
+#: Parts finished since the last write are not lost: on resume, ``_reconcile`` adopts the
+#: parts OSS has whose CRC-64 matches the local bytes.
+CHECKPOINT_INTERVAL = 0.5
 
 
 def choose_part_size(size: int, part_size: int | None = None) -> int:
@@ -231,6 +237,7 @@ class _Uploader:
         self.callback_digest = callback.digest() if callback else None
         self._dirty = False
         self._writing = False
+        self._last_write = -math.inf
 
     # -------------------------------------------------------------- checkpoint
 
@@ -266,19 +273,22 @@ class _Uploader:
             return None
         return ckpt
 
-    async def _save(self, ckpt: Checkpoint) -> None:
-        """Record ``ckpt``; writes coalesce so parts don't queue behind each other's fsync.
+    async def _save(self, ckpt: Checkpoint, *, now: bool = False) -> None:
+        """Record ``ckpt``: at most every :data:`CHECKPOINT_INTERVAL` s unless ``now``.
 
-        If a write is already running, this only marks the checkpoint dirty and returns: the
-        running writer writes the newest state again before it stops.  A part finished but
-        not yet written is still safe: on resume, ``_reconcile`` adopts parts OSS has whose
-        CRC-64 matches the local bytes.
+        Writes coalesce so parts don't queue behind each other's fsync: if a write is
+        already running, this only marks the checkpoint dirty and returns, and the running
+        writer writes the newest state again before it stops. A part finished but not yet
+        written is still safe: on resume, ``_reconcile`` adopts parts OSS has whose CRC-64
+        matches the local bytes.
         """
         if self.ckpt_path is None:
             return
         path = self.ckpt_path
         self._dirty = True
         if self._writing:
+            return
+        if not now and anyio.current_time() - self._last_write < CHECKPOINT_INTERVAL:
             return
         self._writing = True
         try:
@@ -289,6 +299,7 @@ class _Uploader:
                 snapshot = attrs.evolve(ckpt, parts=dict(ckpt.parts))
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(write_checkpoint, path, snapshot)
+                self._last_write = anyio.current_time()
         finally:
             self._writing = False
 
@@ -360,10 +371,15 @@ class _Uploader:
                 upload_id=init.upload_id, file=self.identity, part_size=self.part_size,
                 headers_digest=self.headers_digest, callback_digest=self.callback_digest,
             )
-        await self._save(ckpt)
+        await self._save(ckpt, now=True)
         upload_id = ckpt.upload_id
         try:
-            await self._upload_missing(ckpt, plan)
+            try:
+                await self._upload_missing(ckpt, plan)
+            finally:
+                if self._dirty:  # every finished part on disk before Complete or a retry
+                    with anyio.CancelScope(shield=True):
+                        await self._save(ckpt, now=True)
             await anyio.to_thread.run_sync(self._check_file_unchanged)
             parts = [
                 UploadPartResult(part_number=r.number, etag=r.etag, crc64=r.crc64, size=r.size)

@@ -85,6 +85,43 @@ async def test_multipart_with_callback(
     assert all(d <= src.stat().st_size for d, _ in progress)
 
 
+async def test_checkpoint_writes_are_throttled_but_a_failure_flushes_every_part(
+    api: Api, oss_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oss_callback import _resumable
+
+    writes: list[int] = []
+    real_write = _resumable.write_checkpoint
+
+    def counting_write(path: str, ckpt: Any) -> None:
+        writes.append(len(ckpt.parts))
+        real_write(path, ckpt)
+
+    monkeypatch.setattr(_resumable, "write_checkpoint", counting_write)
+    src = make_file(tmp_path, 40 * PART)
+    ckpt = tmp_path / "ckpt.json"
+    await api.resumable_upload("throttled.bin", src, part_size=PART, concurrency=4,
+                               checkpoint_file=ckpt)
+    # one write after Initiate, one before Complete, and few in between: not one per part
+    assert 2 <= len(writes) < 20
+    assert writes[0] == 0 and writes[-1] == 40
+
+    writes.clear()
+
+    def stop_after_10_parts(done: int, total: int | None) -> None:
+        if done >= 10 * PART:
+            raise Stop("simulated failure")
+
+    with pytest.raises(Stop):
+        await api.resumable_upload("throttled2.bin", src, part_size=PART, concurrency=1,
+                                   checkpoint_file=ckpt, progress=stop_after_10_parts)
+    # the failure wrote the newest state: every part whose answer arrived is recorded
+    recorded = {p["number"] for p in json.loads(ckpt.read_text())["payload"]["parts"]}
+    assert recorded == set(range(1, len(recorded) + 1))
+    assert 9 <= len(recorded) <= 10
+    assert writes[-1] == len(recorded)
+
+
 async def test_small_file_is_one_put_with_the_callback(
     api: Api, oss_emulator: Any, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
