@@ -30,6 +30,8 @@ from ._errors import (
     make_service_error,
 )
 from ._http import Session, parse_crc
+from ._lean import LeanHTTP
+from ._lean import usable as lean_usable
 from ._models import (
     HeadObjectResult,
     InitiateMultipartUploadResult,
@@ -137,12 +139,15 @@ class AsyncClient:
             trust_env=False,
             transport=transport or _default_transport(max_connections),
         )
-        # File bodies go out from worker threads (see ``_wire``) unless a custom transport
-        # was given: then httpx sees every request (MockTransport/respx in tests).
-        wire = (
-            None if transport is not None
-            else WirePool(timeout=http.timeout, max_idle=max_connections)
-        )
+        # Unless a custom transport was given (then httpx sees every request: MockTransport
+        # and respx in tests), file bodies go out from worker threads (``_wire``) and, on
+        # asyncio, everything else over the lean asyncio/httptools pool (``_lean``); httpx
+        # (with our O(1) pool) remains for other event loops.
+        wire = lean = None
+        if transport is None:
+            wire = WirePool(timeout=http.timeout, max_idle=max_connections)
+            if lean_usable():
+                lean = LeanHTTP(timeout=http.timeout, max_connections=max_connections)
         self._session = Session(
             http=http,
             endpoint=parsed,
@@ -151,6 +156,7 @@ class AsyncClient:
             region=parsed.region,
             retry=retry or RetryPolicy(),
             wire=wire,
+            lean=lean,
         )
         self._state = _State.OPEN
 
@@ -196,6 +202,8 @@ class AsyncClient:
         if self._session.wire is not None:
             self._session.wire.close()
         with anyio.move_on_after(10, shield=True):
+            if self._session.lean is not None:
+                await self._session.lean.aclose()
             await self._session.http.aclose()
 
     async def __aenter__(self) -> AsyncClient:

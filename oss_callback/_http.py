@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 
 import anyio
 import httpx
+import sniffio
 
 from ._body import Body, FileRangeBody, ProgressFn
 from ._credentials import Credentials
@@ -28,6 +29,7 @@ from ._errors import (
     ServiceError,
     make_service_error,
 )
+from ._lean import LeanHTTP
 from ._retry import RetryPolicy
 from ._signing import sign_v1, sign_v4
 from ._version import __version__
@@ -68,8 +70,11 @@ class Session:
         region: str | None,
         retry: RetryPolicy,
         wire: WirePool | None = None,
+        lean: LeanHTTP | None = None,
     ) -> None:
         self.http = http
+        #: sends everything else when running on asyncio (``None``: httpx does).
+        self.lean = lean
         #: sends file bodies from worker threads (``None``: everything goes through httpx).
         self.wire = wire
         self.endpoint = endpoint
@@ -163,6 +168,8 @@ class Session:
         content: bytes | AsyncIterator[bytes] | None
         content = body.stream(on_bytes) if isinstance(body, Body) else body
         request = httpx.Request(method, url, headers=h, content=content)
+        if self.lean is not None and sniffio.current_async_library() == "asyncio":
+            return await self.lean.send(request, stream=True)
         return await self.http.send(request, stream=True)
 
     @asynccontextmanager

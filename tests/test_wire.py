@@ -374,3 +374,24 @@ async def test_a_custom_transport_sees_file_uploads(src: Path) -> None:
         assert client._session.wire is None
         await client.get_bucket("bucket").put_object("k", file=src)
     assert seen == [src.stat().st_size]
+
+
+async def test_default_client_sends_bytes_over_the_lean_pool_and_files_over_the_wire(
+    serve: Any, src: Path
+) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        while (req := _read_request(conn)) is not None:
+            server.bodies.append(req[1])
+            conn.sendall(OK)
+
+    server = serve(handler)
+    client, bucket = bucket_on(server.endpoint)
+    async with client:
+        lean, wire = client._session.lean, client._session.wire
+        assert lean is not None and wire is not None
+        for _ in range(3):
+            await bucket.put_object("bytes", b"x" * 5000)
+        await bucket.put_object("file", file=src)
+        assert lean.connections_created == 1 and wire.connections_opened == 1
+    assert server.bodies == [5000, 5000, 5000, src.stat().st_size]
+    assert server.accepted == 2
