@@ -46,7 +46,7 @@ class Spec(TypedDict, total=False):
     object_size: int
     inflight: int
     profile: str  # dump a cProfile of the operation here
-    patches: list[str]  # prototypes of core changes to apply first (see _patches.py)
+    patches: list[str]  # optimisations to switch off first (see _patches.py)
     wait_go: bool  # print READY after setup and wait for a line on stdin
 
 

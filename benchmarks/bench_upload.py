@@ -17,8 +17,9 @@ Groups (``--only`` picks some):
 * ``scaling``: resumable upload wall time for concurrency 1/2/4/8/16 x part size 1/8/32 MiB;
 * ``profile``: where the client's time goes (py-spy when it can attach, else cProfile) on the
   resumable upload and the small puts;
-* ``proposals``: prototyped core changes (:mod:`benchmarks._patches`, monkeypatched into the
-  worker) against the unpatched code, interleaved (not run by ``--quick`` unless asked);
+* ``ablations``: each core optimisation switched off (:mod:`benchmarks._patches`,
+  monkeypatched into the worker) against the shipped code, interleaved (not run by
+  ``--quick`` unless asked);
 * ``emulator``: ``curl -T`` into the emulator vs into the same uvicorn stack discarding, and
   the SDK's resumable upload into the emulator vs ``curl -T`` into it.
 
@@ -73,7 +74,7 @@ HERE = Path(__file__).resolve().parent
 BUCKET = "bench"
 REGION = "cn-hangzhou"
 SINK_KEYS = ("bench-access-key-id", "bench-access-key-secret")
-GROUPS = ("sink", "small", "memory", "scaling", "profile", "proposals", "emulator")
+GROUPS = ("sink", "small", "memory", "scaling", "profile", "ablations", "emulator")
 MEM_PARTS, MEM_PART_SIZE, MEM_OVERHEAD = 8, 8 * MiB, 80 * MiB
 
 
@@ -458,96 +459,72 @@ def profile_group(report: Report, s: Settings, env: Env, big: Path) -> None:
     report.add("Profiles (client side, on the nginx sink)", "\n\n".join(parts))
 
 
-# --------------------------------------------------------------------------- proposals
-
-#: (label, patches) of the core changes prototyped in :mod:`benchmarks._patches`.
-def _have_sniffio() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("sniffio") is not None
-
-
-def _have_fast_pool() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("oss_callback._pool") is not None
-
+# --------------------------------------------------------------------------- ablations
 
 Rows = list[tuple[str, tuple[str, ...]]]
 
-
-def _proposals() -> tuple[Rows, Rows, Rows]:
-    """(label, patches) rows for the large upload, put_object and small puts.
-
-    The ``sniffio`` rows only mean something where sniffio is missing (it is a dependency
-    since it was measured here); with it installed the patch is a no-op and is left out.
-    Likewise the sharded httpcore pools only where the SDK still uses httpcore's pool.
-    """
-    sn: tuple[str, ...] = () if _have_sniffio() else ("sniffio",)
-    large: Rows = [("baseline", ()),
-                   ("+ background checkpoint writer", ("async_checkpoint",))]
-    if sn:
-        large += [("+ sniffio installed", sn),
-                  ("+ checkpoint writer + sniffio", ("async_checkpoint", *sn))]
-    large.append(("+ checkpoint writer + thread-per-part data plane",
-                  ("async_checkpoint", *sn, "thread_parts_256k")))
-    put: Rows = [("baseline", ()),
-                 ("+ thread-per-request data plane", (*sn, "thread_parts_256k"))]
-    small: Rows = [("baseline", ())]
-    if sn:
-        small.append(("+ sniffio installed", sn))
-    if not _have_fast_pool():  # before FastHTTPTransport, the default was httpcore's pool
-        small.append(("+ 8 sharded httpx pools", (*sn, "shard_pool")))
-    small.append(("+ lean asyncio/httptools pool instead of httpx", ("lean_http",)))
-    return large, put, small
+#: (label, patches) rows: each optimisation switched off by :mod:`benchmarks._patches`.
+ABLATION_LARGE: Rows = [
+    ("as shipped", ()),
+    ("without the checkpoint throttle", ("checkpoint_every_part",)),
+    ("without thread-per-request file sends", ("no_wire",)),
+    ("without both", ("no_wire", "checkpoint_every_part")),
+]
+ABLATION_PUT: Rows = [
+    ("as shipped", ()),
+    ("without thread-per-request file sends", ("no_wire",)),
+]
+ABLATION_SMALL: Rows = [
+    ("as shipped", ()),
+    ("without the lean pool (httpx + our O(1) pool)", ("no_lean",)),
+    ("without the lean pool, httpx's own pool", ("no_lean", "httpcore_pool")),
+]
 
 
-def proposals_group(report: Report, s: Settings, env: Env, big: Path) -> None:
-    """Prototyped core changes (monkeypatched in the worker) against the unpatched code."""
+def ablations_group(report: Report, s: Settings, env: Env, big: Path) -> None:
+    """Each core optimisation switched off in the worker, against the shipped code."""
     size = big.stat().st_size
-    large_rows, put_rows, small_rows = _proposals()
-    large = [
-        env.worker(f"resumable {label}", "sdk", "resumable", bytes_=size, file=str(big),
-                   part_size=s.part_size, concurrency=s.concurrency, patches=list(patches),
-                   note=", ".join(patches))
-        for label, patches in large_rows
-    ]
-    large += [
-        env.worker(f"put_object {label}", "sdk", "put", bytes_=size, file=str(big),
-                   patches=list(patches), note=", ".join(patches))
-        for label, patches in put_rows
-    ]
+    base: dict[str, str] = {}
+
+    def spec(kind: str, label: str, patches: tuple[str, ...], **kw: Any) -> Any:
+        name = f"{kind} {label}"
+        base[name] = f"{kind} as shipped"
+        return env.worker(name, "sdk", kind, patches=list(patches), note=", ".join(patches),
+                          **kw)
+
+    large = [spec("resumable", label, patches, bytes_=size, file=str(big),
+                  part_size=s.part_size, concurrency=s.concurrency)
+             for label, patches in ABLATION_LARGE]
+    large += [spec("put", label, patches, bytes_=size, file=str(big))
+              for label, patches in ABLATION_PUT]
     if have_curl():
         large.append(env.curl(CURL, big, lambda: f"{env.endpoint}/{BUCKET}/{_key('curl')}",
                               note="reference"))
-    small = [
-        env.worker(f"small puts {label}", "sdk", "small", objects=s.small_count,
-                   count=s.small_count, object_size=s.small_size, inflight=s.inflight,
-                   patches=list(patches), note=", ".join(patches))
-        for label, patches in small_rows
-    ]
-    _log(f"\n[proposals] prototyped core changes, {s.rounds} interleaved rounds")
+    small = [spec("small", label, patches, objects=s.small_count, count=s.small_count,
+                  object_size=s.small_size, inflight=s.inflight)
+             for label, patches in ABLATION_SMALL]
+    _log(f"\n[ablations] optimisations switched off, {s.rounds} interleaved rounds")
     results = run_rounds(large, s.rounds, log=_log)
     results.update(run_rounds(small, s.rounds, log=_log))
     header, rows = results_rows(results, None)
     for row, name in zip(rows, results, strict=True):
-        base = name.split(" baseline")[0].split(" + ")[0] + " baseline"
         if name == CURL:
             row[8] = row[9] = ""
             continue
-        row[8] = fmt(ratio(results, name, base), ".2f", "x")
-        row[9] = fmt(ratio(results, name, base, "cpu"), ".2f", "x")
-        if name.startswith(("resumable", "put_object")) and CURL in results:
+        row[8] = fmt(ratio(results, name, base[name]), ".2f", "x")
+        row[9] = fmt(ratio(results, name, base[name], "cpu"), ".2f", "x")
+        if name.startswith(("resumable", "put")) and CURL in results:
             row[10] = (row[10] + "; " if row[10] else "") + (
                 f"{fmt(ratio(results, name, CURL), '.2f')}x curl wall, "
                 f"{fmt(ratio(results, name, CURL, 'cpu'), '.2f')}x curl CPU")
-    header[8:10] = ["x baseline wall", "x baseline CPU"]
-    intro = ("Each change is monkeypatched into the worker by `benchmarks/_patches.py` "
-             "(oss_callback is not edited); ratios are to the unpatched baseline of the same "
-             f"rounds. Large: {_size_label(size)}, {s.part_size // MiB} MiB x {s.concurrency}; "
-             f"small: {s.small_count} x {s.small_size // 1024} KiB, {s.inflight} in flight.")
-    report.add("Prototyped core changes", intro + "\n\n" + markdown_table(header, rows),
-               text_table(header, rows))
+    header[8:10] = ["x shipped wall", "x shipped CPU"]
+    intro = ("Each optimisation is switched off in the worker by `benchmarks/_patches.py` "
+             "(oss_callback is not edited); ratios are to the shipped code in the same "
+             f"rounds (above 1.00x: the optimisation helps). Large: {_size_label(size)}, "
+             f"{s.part_size // MiB} MiB x {s.concurrency}, nginx sink; small: "
+             f"{s.small_count} x {s.small_size // 1024} KiB, {s.inflight} in flight.")
+    report.add("Ablations: what each optimisation buys",
+               intro + "\n\n" + markdown_table(header, rows), text_table(header, rows))
 
 
 # --------------------------------------------------------------------------- emulator
@@ -702,8 +679,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     size = args.size or (128 * MiB if args.quick else 1 * GiB)
     if args.only:
         groups = tuple(g.strip() for g in args.only.split(","))
-    else:  # --quick leaves out the prototypes (ask for them with --only proposals)
-        groups = tuple(g for g in GROUPS if not (args.quick and g == "proposals"))
+    else:  # --quick leaves out the ablations (ask for them with --only ablations)
+        groups = tuple(g for g in GROUPS if not (args.quick and g == "ablations"))
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise SystemExit(f"unknown group(s) {', '.join(sorted(unknown))}; choose from "
@@ -760,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         big = make_file(scratch / f"src-{s.size}.bin", s.size)
         sink_groups = [g for g in s.groups if g in ("sink", "small", "memory", "scaling",
-                                                     "profile", "proposals")]
+                                                     "profile", "ablations")]
         if sink_groups and find_nginx() is None:
             msg = ("nginx is not installed: SKIPPING the nginx-sink benchmarks ("
                    + ", ".join(sink_groups) + "). Install it with `apt-get install nginx-light`.")
@@ -786,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                     "memory": memory,
                     "scaling": lambda: sink_scaling(report, s, env, big),
                     "profile": lambda: profile_group(report, s, env, big),
-                    "proposals": lambda: proposals_group(report, s, env, big),
+                    "ablations": lambda: ablations_group(report, s, env, big),
                 }
                 for name, fn in groups.items():
                     if name in s.groups:

@@ -70,7 +70,13 @@ class _State(enum.Enum):
 
 
 class AsyncClient:
-    """An async OSS client: one pooled :class:`httpx.AsyncClient` shared by its buckets.
+    """An async OSS client: connection pools shared by its buckets.
+
+    Requests are signed, retried and checked (CRC-64) the same way whichever way they go
+    out: file uploads (``file=``, resumable parts) are sent from a worker thread each, over
+    blocking keep-alive connections (one thread hop per request); on asyncio everything else
+    goes over a lean HTTP/1.1 pool parsed by httptools; on other event loops, or with a
+    custom ``transport``, over :class:`httpx.AsyncClient` (all requests, files included).
 
     Args:
         endpoint: ``https://oss-cn-hangzhou.aliyuncs.com``, ``http://127.0.0.1:9000`` or a bare
@@ -85,9 +91,10 @@ class AsyncClient:
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
         timeout: an :class:`httpx.Timeout` or seconds.
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
-        max_connections: size of the connection pool.
+        max_connections: size of each connection pool (the file uploads' pool keeps at
+            most this many idle connections).
         transport: an httpx transport to use instead of the network (tests:
-            :class:`httpx.MockTransport`).
+            :class:`httpx.MockTransport`); then httpx sends every request.
 
     Use it as ``async with AsyncClient(...) as client:`` or call :meth:`aclose`.
 

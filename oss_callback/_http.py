@@ -249,6 +249,7 @@ class Session:
                     ) from exc
                 status = response.status_code
                 if status in ok:
+                    _check_all_sent(method, bucket, key, body)
                     self._check_crc(response, body)
                     return response
                 data = await _read_limited(response, _MAX_ERROR_BODY)
@@ -316,6 +317,16 @@ class Session:
                 server_crc=server,
                 request_id=response.headers.get("x-oss-request-id"),
             )
+
+
+def _check_all_sent(method: str, bucket: str | None, key: str | None,
+                    body: Body | bytes | None) -> None:
+    """A success answer to a body that was not sent whole is not a success."""
+    if isinstance(body, Body) and body.size is not None and body.sent != body.size:
+        raise RequestError(
+            f"{method} {_what(bucket, key)}: the server answered before the whole body was "
+            f"sent ({body.sent} of {body.size} bytes); not counted as stored"
+        )
 
 
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:

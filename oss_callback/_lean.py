@@ -385,8 +385,8 @@ class _Conn(asyncio.Protocol):
         loop = self.loop
         while self.write_paused and self.alive:
             ex = self.ex
-            if ex is not None and (ex.done or ex.error is not None):
-                return True
+            if ex is not None and (ex.error is not None or (ex.done and ex.status >= 300)):
+                return True  # nothing more will be sent (an early 2xx keeps flow control)
             waiter: asyncio.Future[bool] = loop.create_future()
             self.drain_waiter = waiter
             if timeout is not None:
@@ -740,8 +740,10 @@ class LeanHTTP:
 
     def _stop_sending(self, conn: _Conn, ex: _Exchange) -> bool:
         """Whether to stop writing the body: answered already, or the connection broke."""
-        if ex.done or (ex.headers_done and not conn.alive):
+        if (ex.done or ex.headers_done) and (not conn.alive or ex.status >= 300):
             return True  # the server answered (early): return that answer
+        # An early 2xx on a live connection (nginx answers before discarding the body) does
+        # not stop the body: OSS only stores what it received, so all of it is sent.
         if ex.error is not None or not conn.alive or conn.transport is None:
             if ex.error is not None and ex.rx:
                 raise ex.error

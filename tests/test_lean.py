@@ -86,7 +86,8 @@ class Server:
     never answers; ``/noread`` never reads the request body; ``/garbage`` a bad status
     line; ``/cut`` closes mid-body; ``/nothing`` closes without answering; ``/head-like``
     a content-length without a body (for HEAD); ``/204`` and ``/304``; ``/early`` answers
-    413 before reading the body; ``/continue`` sends ``100 Continue`` first.
+    413 before reading the body; ``/early-ok`` 200 before reading it (then reads it);
+    ``/continue`` sends ``100 Continue`` first.
 
     ``stale_after``: on a connection's request number ``stale_after + 1``, close it
     without answering (what a server does that closes an idle connection just as the
@@ -168,6 +169,12 @@ class Server:
         if target == "/noread":
             self.requests.append(Req(head, method, target, headers, b""))
             await asyncio.sleep(3600)
+        if target == "/early-ok":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            body = await read_body(reader, headers)
+            self.requests.append(Req(head, method, target, headers, body))
+            return True
         if target == "/early":
             self.requests.append(Req(head, method, target, headers, b""))
             writer.write(b"HTTP/1.1 413 Too Large\r\ncontent-length: 4\r\n"
@@ -618,6 +625,22 @@ async def test_early_answer_while_uploading(server: Server) -> None:
         assert response.content == b"big!"
         assert len(pulled) < 512  # stopped sending
         assert http.num_connections == 0  # not reused: the request was cut short
+
+
+async def test_early_success_answer_does_not_cut_the_body_short(server: Server) -> None:
+    pulled: list[int] = []
+    async with lean() as http:
+        request = httpx.Request("PUT", f"{server.url}/early-ok",
+                                content=body_chunks(8, pulled=pulled),
+                                headers={"content-length": str(8 * MiB)})
+        response = await http.send(request)
+        assert response.status_code == 200
+        assert len(pulled) == 8  # the whole body was sent anyway
+        with anyio.fail_after(5):
+            while not server.requests:
+                await asyncio.sleep(0.01)
+        assert len(server.requests[-1].body) == 8 * MiB
+        assert http.num_idle == 1  # and the connection is still good
 
 
 # -- errors -----------------------------------------------------------------------------------

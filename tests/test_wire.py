@@ -395,3 +395,19 @@ async def test_default_client_sends_bytes_over_the_lean_pool_and_files_over_the_
         assert lean.connections_created == 1 and wire.connections_opened == 1
     assert server.bodies == [5000, 5000, 5000, src.stat().st_size]
     assert server.accepted == 2
+
+
+async def test_a_success_answer_before_the_whole_body_is_not_a_success(serve: Any) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(OK.replace(b"Content-Length: 0", b"Connection: close\r\nContent-Length: 0"))
+        conn.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)  # and never reads the body
+
+    server = serve(handler)
+    client, bucket = bucket_on(server.endpoint, retry=RetryPolicy(max_attempts=1))
+    async with client:
+        with pytest.raises(RequestError, match="before the whole body was sent"):
+            await bucket.put_object("k", b"x" * (64 * 1024 * 1024))  # > socket buffers
