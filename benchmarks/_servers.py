@@ -82,13 +82,17 @@ def _spawn(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[ServerPr
 
 
 @contextmanager
-def emulator_process(bucket: str, data_dir: str, region: str = "cn-hangzhou"
-                     ) -> Iterator[ServerProcess]:
-    """The OSS emulator (default test credentials) with ``bucket``, storing in ``data_dir``."""
+def emulator_process(bucket: str, data_dir: str, region: str = "cn-hangzhou",
+                     etag: str = "md5") -> Iterator[ServerProcess]:
+    """The OSS emulator (default test credentials) with ``bucket``, storing in ``data_dir``.
+
+    ``etag="fast"`` starts it with ``--etag fast`` (no MD5 unless the client sends
+    Content-MD5; ETags from CRC-64 and size): label such rows as the fast mode.
+    """
     env = {k: v for k, v in os.environ.items()
            if k not in ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET")}
     cmd = [sys.executable, "-m", "oss_callback.testing", "--port", "0", "--bucket", bucket,
-           "--region", region, "--data-dir", data_dir]
+           "--region", region, "--data-dir", data_dir, "--etag", etag]
     with _spawn(cmd, env, r"listening on (http://\S+)") as server:
         yield server
 

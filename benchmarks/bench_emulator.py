@@ -5,10 +5,16 @@ Compares, for one object of ``--size`` bytes:
 * ``discard``: the same uvicorn stack (uvloop + httptools, same socket setup) with an ASGI
   app that reads the body and throws it away: the ceiling for the emulator;
 * ``PutObject``: one ``curl -T`` upload into the emulator (presigned V1 URL), which streams
-  the body to disk while computing MD5 and CRC-64;
+  the body to disk while computing MD5 and CRC-64 (on worker threads, pipelined);
 * ``multipart``: the same bytes as parts uploaded concurrently by Python (httpx) threads,
-  then CompleteMultipartUpload (timed separately too: it concatenates the part files);
-* ``GetObject``: ``curl -o /dev/null`` download, for reference.
+  then CompleteMultipartUpload (timed separately too: it renames the part files into the
+  object, copying nothing);
+* ``GetObject``: ``curl -o /dev/null`` download, for reference (a multipart one too).
+
+Each emulator scenario runs twice: with the faithful default (``etag="md5"``: ETags are
+MD5s, as on OSS) and with the opt-in ``etag="fast"`` mode (no MD5 unless the client sends
+``Content-MD5``; ETags from CRC-64 and size).  ``x discard`` is the wall time relative to
+the discard app, ``x put`` relative to ``curl -T`` PutObject into the same mode.
 
 Usage::
 
@@ -249,55 +255,76 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="128 MiB")
     parser.add_argument("--part-size", type=parse_size, default=16 * MiB, help="default 16M")
     parser.add_argument("--concurrency", type=int, default=4, help="parts in flight (default 4)")
+    parser.add_argument(
+        "--etag",
+        choices=("md5", "fast", "both"),
+        default="both",
+        help="emulator ETag mode(s) to run (default both, in separate rows)",
+    )
     args = parser.parse_args(argv)
     size = 128 * MiB if args.quick else args.size
     have_curl = shutil.which("curl") is not None
-    rows: list[tuple[str, float, str]] = []
+    how = "curl -T" if have_curl else "httpx"
+    rows: list[tuple[str, float, str, float | None, float | None]] = []
     with tempfile.TemporaryDirectory(prefix="bench-emulator-") as tmp:
         src = Path(tmp) / "src.bin"
         make_file(src, size)
         discard = DiscardServer()
         try:
             url = f"http://127.0.0.1:{discard.port}/x"
-            seconds = curl_put(url, src) if have_curl else httpx_put(url, src)
-            rows.append(
-                ("discard app (same uvicorn stack)", seconds, "curl -T" if have_curl else "httpx")
-            )
+            discard_s = curl_put(url, src) if have_curl else httpx_put(url, src)
+            rows.append(("discard app (same uvicorn stack)", discard_s, how, 1.0, None))
         finally:
             discard.close()
-        with OSSEmulator(buckets=[BUCKET], data_dir=Path(tmp) / "data") as emu:
-            url = presigned_v1(emu, "PUT", "put.bin")
-            seconds = curl_put(url, src) if have_curl else httpx_put(url, src)
-            obj = emu.head_object(BUCKET, "put.bin")
-            assert obj is not None and obj.size == size, "PutObject stored the wrong size"
-            rows.append(("emulator PutObject", seconds, "curl -T" if have_curl else "httpx"))
-            total, complete, count = multipart(
-                emu, src, "multi.bin", args.part_size, args.concurrency
-            )
-            obj = emu.head_object(BUCKET, "multi.bin")
-            assert obj is not None and obj.size == size, "multipart stored the wrong size"
-            rows.append(
-                (
-                    f"emulator multipart ({count} parts x {args.part_size // MiB} MiB, "
-                    f"{args.concurrency} in flight, httpx)",
-                    total,
-                    "incl. Complete",
+        modes = ("md5", "fast") if args.etag == "both" else (args.etag,)
+        for mode in modes:
+            label = "emulator" if mode == "md5" else "emulator etag=fast"
+            data_dir = Path(tmp) / f"data-{mode}"
+            with OSSEmulator(buckets=[BUCKET], data_dir=data_dir, etag=mode) as emu:
+                url = presigned_v1(emu, "PUT", "put.bin")
+                put_s = curl_put(url, src) if have_curl else httpx_put(url, src)
+                obj = emu.head_object(BUCKET, "put.bin")
+                assert obj is not None and obj.size == size, "PutObject stored the wrong size"
+                note = f"{how}; ETag = " + ("MD5 (faithful)" if mode == "md5" else "CRC-64+size")
+                rows.append((f"{label} PutObject", put_s, note, put_s / discard_s, 1.0))
+                total, complete, count = multipart(
+                    emu, src, "multi.bin", args.part_size, args.concurrency
                 )
-            )
-            rows.append(("  of which CompleteMultipartUpload", complete, "concatenates parts"))
-            if have_curl:
+                obj = emu.head_object(BUCKET, "multi.bin")
+                assert obj is not None and obj.size == size, "multipart stored the wrong size"
                 rows.append(
                     (
-                        "emulator GetObject",
-                        curl_get(presigned_v1(emu, "GET", "put.bin")),
-                        "curl -o /dev/null",
+                        f"{label} multipart ({count} parts x {args.part_size // MiB} MiB, "
+                        f"{args.concurrency} in flight, httpx)",
+                        total,
+                        "incl. Complete",
+                        total / discard_s,
+                        total / put_s,
                     )
                 )
+                rows.append(
+                    ("  of which CompleteMultipartUpload", complete, "renames parts", None, None)
+                )
+                if have_curl and mode == modes[0]:
+                    for key in ("put.bin", "multi.bin"):
+                        rows.append(
+                            (
+                                f"{label} GetObject ({key})",
+                                curl_get(presigned_v1(emu, "GET", key)),
+                                "curl -o /dev/null",
+                                None,
+                                None,
+                            )
+                        )
     width = max(len(r[0]) for r in rows)
     print(f"object size: {size / MiB:.0f} MiB; {os.cpu_count()} CPUs")
-    print(f"{'scenario':<{width}}  {'seconds':>8}  {'MiB/s':>8}  note")
-    for name, seconds, note in rows:
-        print(f"{name:<{width}}  {seconds:8.3f}  {size / MiB / seconds:8.0f}  {note}")
+    head = f"{'seconds':>8}  {'MiB/s':>8}  {'x discard':>9}  {'x put':>6}"
+    print(f"{'scenario':<{width}}  {head}  note")
+    for name, seconds, note, x_discard, x_put in rows:
+        xd = f"{x_discard:.2f}x" if x_discard is not None else "-"
+        xp = f"{x_put:.2f}x" if x_put is not None else "-"
+        speed = size / MiB / seconds
+        print(f"{name:<{width}}  {seconds:8.3f}  {speed:8.0f}  {xd:>9}  {xp:>6}  {note}")
     return 0
 
 

@@ -7,6 +7,7 @@ import base64
 import binascii
 import bisect
 import collections
+import functools
 import hashlib
 import ipaddress
 import itertools
@@ -48,10 +49,9 @@ from ._store import (
     StoredObject,
     Upload,
     combined_part_checksums,
-    iter_file,
 )
 
-__all__ = ["PUBLIC_KEY_PATH", "EmulatorApp"]
+__all__ = ["ETAG_MODES", "PUBLIC_KEY_PATH", "EmulatorApp"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,6 +61,9 @@ Send = Callable[[Message], Awaitable[None]]
 logger = logging.getLogger("oss_callback.testing")
 
 PUBLIC_KEY_PATH = "/_emulator/callback_pub_key.pem"
+#: How ETags are made: ``"md5"`` as OSS does (the default), or ``"fast"`` (see
+#: :class:`OSSEmulator`): no MD5 unless the client sends ``Content-MD5``.
+ETAG_MODES = ("md5", "fast")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1023
 MAX_PUT_SIZE = 5 * 1024**3
@@ -392,8 +395,12 @@ class EmulatorApp:
         faults: FaultInjector,
         callback_timeout: float = 5.0,
         max_records: int = 100_000,
+        etag: str = "md5",
     ) -> None:
+        if etag not in ETAG_MODES:
+            raise ValueError(f"etag must be one of {ETAG_MODES}, not {etag!r}")
         self.store = store
+        self.etag_mode = etag
         self.region = region
         self.credentials = credentials
         self.faults = faults
@@ -774,9 +781,14 @@ class EmulatorApp:
 
     async def _receive_body(
         self, req: Request, expected_md5: bytes | None, declared: int | None
-    ) -> tuple[Path, int, bytes, int]:
-        """Stream the body to a temp file; returns (path, size, md5, crc)."""
-        sink = BodySink(self.store.temp_path())
+    ) -> tuple[Path, int, bytes | None, int]:
+        """Stream the body to a temp file; returns (path, size, md5, crc).
+
+        The MD5 is computed (and a ``Content-MD5`` verified) in the default ETag mode and
+        whenever the client sent ``Content-MD5``; otherwise (``etag="fast"``) it is ``None``.
+        """
+        want_md5 = self.etag_mode == "md5" or expected_md5 is not None
+        sink = BodySink(self.store.temp_path(), md5=want_md5)
         try:
             async for chunk in req.body_chunks():
                 await sink.write(chunk)
@@ -798,6 +810,14 @@ class EmulatorApp:
                 [("Content-MD5", base64.b64encode(expected_md5).decode())],
             )
         return sink.path, size, md5, crc
+
+    @staticmethod
+    def _etag_digest(md5: bytes | None, crc: int, size: int) -> bytes:
+        """The 16 bytes behind an ETag: the MD5, or (``etag="fast"``, no MD5 computed)
+        the CRC-64 and the size, big-endian: cheap, and as unique as the CRC-64."""
+        if md5 is not None:
+            return md5
+        return crc.to_bytes(8, "big") + size.to_bytes(8, "big")
 
     def _callback_config(self, req: Request) -> CallbackConfig | None:
         return parse_callback(
@@ -1144,13 +1164,13 @@ class EmulatorApp:
         self._check_overwrite(req, bucket, key)
         content_type, metadata, stored = self._upload_metadata(key, req.headers)
         temp, size, md5, crc = await self._receive_body(req, expected_md5, declared)
-        content_md5 = base64.b64encode(md5).decode()
+        content_md5 = base64.b64encode(md5).decode() if md5 is not None else None
         obj = self.store.commit_object(
             bucket=bucket,
             key=key,
             temp=temp,
             size=size,
-            etag=md5.hex().upper(),
+            etag=self._etag_digest(md5, crc, size).hex().upper(),
             crc=crc,
             content_md5=content_md5,
             content_type=content_type,
@@ -1158,11 +1178,9 @@ class EmulatorApp:
             headers=stored,
             object_type="Normal",
         )
-        headers = [
-            ("ETag", _quote_etag(obj.etag)),
-            ("x-oss-hash-crc64ecma", str(crc)),
-            ("Content-MD5", content_md5),
-        ]
+        headers = [("ETag", _quote_etag(obj.etag)), ("x-oss-hash-crc64ecma", str(crc))]
+        if content_md5 is not None:
+            headers.append(("Content-MD5", content_md5))
         return await self._finish_upload(req, obj, config, headers, b"", None)
 
     def _object_headers(self, obj: StoredObject) -> list[tuple[str, str]]:
@@ -1231,9 +1249,8 @@ class EmulatorApp:
             if span is not None:
                 status, start, length = 206, span[0], span[1] - span[0] + 1
                 headers.append(("Content-Range", f"bytes {span[0]}-{span[1]}/{obj.size}"))
-        path = self.store.data_path(obj)
         try:
-            stream = iter_file(path, start, length)
+            stream = self.store.read(obj, start, length)
             first = next(stream, b"")
         except FileNotFoundError:  # overwritten/deleted between lookup and open
             raise OSSErrorResponse(
@@ -1306,8 +1323,9 @@ class EmulatorApp:
         expected_md5 = self._expected_md5(req.headers)
         declared = self._check_size(req.headers, MAX_PUT_SIZE)
         temp, size, md5, crc = await self._receive_body(req, expected_md5, declared)
+        digest = self._etag_digest(md5, crc, size)
         try:
-            part = self.store.commit_part(upload, int(raw_number), temp, size, md5, crc)
+            part = self.store.commit_part(upload, int(raw_number), temp, size, digest, crc)
         except FileNotFoundError:
             raise OSSErrorResponse(
                 404,
@@ -1315,14 +1333,10 @@ class EmulatorApp:
                 "The specified upload does not exist.",
                 [("UploadId", upload.upload_id)],
             ) from None
-        return Response(
-            status=200,
-            headers=[
-                ("ETag", _quote_etag(part.etag)),
-                ("x-oss-hash-crc64ecma", str(crc)),
-                ("Content-MD5", base64.b64encode(md5).decode()),
-            ],
-        )
+        headers = [("ETag", _quote_etag(part.etag)), ("x-oss-hash-crc64ecma", str(crc))]
+        if md5 is not None:
+            headers.append(("Content-MD5", base64.b64encode(md5).decode()))
+        return Response(status=200, headers=headers)
 
     @staticmethod
     def _parse_complete(body: bytes) -> list[tuple[int, str]]:
@@ -1403,29 +1417,22 @@ class EmulatorApp:
         if upload.completing:
             raise OSSErrorResponse(404, "NoSuchUpload", "The specified upload does not exist.")
         upload.completing = True
-        temp = self.store.temp_path()
+        etag, crc, _ = combined_part_checksums(chosen)
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.store.assemble, chosen, temp
+            # The part files become the object's segments (renamed, never copied); the
+            # ETag and CRC-64 come from the parts' digests (crc64_combine), not the bytes.
+            obj = await asyncio.get_running_loop().run_in_executor(
+                None,
+                functools.partial(self.store.commit_multipart, upload, chosen, etag=etag, crc=crc),
             )
+        except FileNotFoundError:
+            upload.completing = False
+            raise OSSErrorResponse(
+                404, "NoSuchUpload", "The specified upload does not exist."
+            ) from None
         except BaseException:
             upload.completing = False
-            temp.unlink(missing_ok=True)
             raise
-        etag, crc, size = combined_part_checksums(chosen)
-        obj = self.store.commit_object(
-            bucket=bucket,
-            key=key,
-            temp=temp,
-            size=size,
-            etag=etag,
-            crc=crc,
-            content_md5=None,
-            content_type=upload.content_type,
-            metadata=upload.metadata,
-            headers=upload.headers,
-            object_type="Multipart",
-        )
         self.store.drop_upload(upload.upload_id)
         xml = _xml_doc(
             "CompleteMultipartUploadResult",

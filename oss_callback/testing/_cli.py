@@ -40,6 +40,13 @@ def build_parser(prog: str = "oss-callback emulator") -> argparse.ArgumentParser
     parser.add_argument(
         "--callback-timeout", type=float, default=5.0, help="seconds per callback URL (default 5)"
     )
+    parser.add_argument(
+        "--etag",
+        choices=("md5", "fast"),
+        default="md5",
+        help="md5 (default): ETags are MD5s, as on OSS; fast: skip the MD5 unless the client "
+        "sends Content-MD5 and derive ETags from CRC-64 and size (for throughput benchmarks)",
+    )
     return parser
 
 
@@ -76,6 +83,7 @@ def main_emulator(argv: list[str] | None = None) -> int:
             access_key_secret=secret,
             buckets=args.bucket,
             callback_timeout=args.callback_timeout,
+            etag=args.etag,
         )
         try:
             emulator.start()
