@@ -289,8 +289,8 @@ def test_etag_option_validation_and_cli_flag() -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
-def test_large_put_on_tmpfs_falls_back_to_buffered_writes() -> None:
-    # tmpfs refuses O_DIRECT: large bodies are then written through the page cache.
+def test_large_puts_on_tmpfs() -> None:
+    # where the benchmarks keep the emulator's data
     with (
         tempfile.TemporaryDirectory(dir="/dev/shm") as tmp,
         OSSEmulator(data_dir=tmp, buckets=[B]) as emu,

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import mmap
 import os
 import queue
 import shutil
@@ -43,10 +42,6 @@ __all__ = ["BodySink", "PartInfo", "Store", "StoredObject", "Upload"]
 _BATCH_BYTES = 1 << 20  # chunks are coalesced into batches of about this size
 _MAX_BACKLOG = 8 << 20  # bytes queued per body before receiving waits for the lanes
 _IDLE_WORKER_SECONDS = 30.0  # an idle lane thread exits after this
-_USE_DIRECT_IO = True  # large bodies bypass the page cache (see _DirectWriter)
-_DIRECT_BUFFER = 4 << 20  # bytes per O_DIRECT write
-_DIRECT_FREE_BUFFERS = 8  # idle O_DIRECT buffers kept for reuse
-_DIRECT_ALIGN = 4096  # offsets and lengths of O_DIRECT writes are multiples of this
 _IOV_MAX = 1024  # buffers per pwritev call (Linux's IOV_MAX)
 _COPY_BUFFER = 1 << 20
 
@@ -221,100 +216,6 @@ class _Lane:
         self._sink._lane_exited()
 
 
-class _DirectWriter:
-    """Writes a large body sequentially with ``O_DIRECT``, through one page-aligned buffer.
-
-    Buffered writes must find, fill and later write back a page-cache page per 4 KiB.
-    Under sustained ingest (the page cache full of earlier uploads, writeback running, or
-    a VM handing out cold pages) that costs more CPU than everything else: measured here,
-    a 1 GiB PutObject took 3.6-4.0 s and 4.7-5.2 server CPU s buffered, 2.7-2.9 s and
-    3.1 CPU s direct (``python -m benchmarks --only emulator``); with ``etag="fast"``,
-    3.9-4.1 s buffered vs 1.2-1.5 s direct.  Direct writes cost a ``memcpy`` into the
-    aligned buffer and the device's time (about 1 GiB/s here), and no page cache; reading
-    the object back then comes from the device.  The tail is written padded to a block,
-    then the file is cut to its exact size.  Where ``O_DIRECT`` is refused (tmpfs, some
-    filesystems) the body is written buffered.
-    """
-
-    _free: ClassVar[list[mmap.mmap]] = []  # buffers kept for reuse (their pages are warm)
-    _free_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        with self._free_lock:
-            buffer = self._free.pop() if self._free else None
-        # Anonymous maps are page-aligned; a fresh one costs ~1,000 page faults per use.
-        self._buffer = buffer if buffer is not None else mmap.mmap(-1, _DIRECT_BUFFER)
-        self._view = memoryview(self._buffer)
-        self._fill = 0
-        self._offset = 0
-        self.crc = 0  # of everything written so far
-
-    @classmethod
-    def open(cls, path: Path) -> _DirectWriter | None:
-        """A direct writer for ``path`` (probed with one block), or ``None`` if unsupported."""
-        flag = getattr(os, "O_DIRECT", 0)
-        if not flag:
-            return None
-        try:
-            fd = os.open(path, os.O_WRONLY | flag)
-        except OSError:  # e.g. tmpfs
-            return None
-        writer = cls(fd)
-        try:
-            os.pwrite(fd, writer._view[:_DIRECT_ALIGN], 0)  # overwritten by the body
-        except OSError:  # opened, but direct writes are refused
-            writer.close()
-            return None
-        return writer
-
-    def write(self, chunks: list[bytes]) -> None:
-        """Append the chunks (a full buffer is CRC-ed and written at once)."""
-        for chunk in chunks:
-            data = memoryview(chunk)
-            while data:
-                n = min(len(data), _DIRECT_BUFFER - self._fill)
-                self._view[self._fill : self._fill + n] = data[:n]
-                self._fill += n
-                data = data[n:]
-                if self._fill == _DIRECT_BUFFER:
-                    self._flush(_DIRECT_BUFFER)
-
-    def _flush(self, length: int) -> None:
-        # The CRC-64 of the buffered bytes, in one call (one GIL release) per buffer.
-        self.crc = crc64(self._view[: self._fill], self.crc)
-        view = self._view[:length]
-        written = 0
-        while written < length:
-            written += os.pwrite(self._fd, view[written:], self._offset + written)
-        self._offset += self._fill
-        self._fill = 0
-
-    def finish(self) -> None:
-        """Write the tail (padded to a block), cut the file to its size, and close."""
-        try:
-            if self._fill:
-                size = self._offset + self._fill
-                padded = -(-self._fill // _DIRECT_ALIGN) * _DIRECT_ALIGN
-                self._view[self._fill : padded] = bytes(padded - self._fill)
-                self._flush(padded)
-                os.ftruncate(self._fd, size)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Release the descriptor and the buffer (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            self._view.release()
-            with self._free_lock:
-                if len(self._free) < _DIRECT_FREE_BUFFERS:
-                    self._free.append(self._buffer)
-                    return
-            self._buffer.close()
-
-
 class BodySink:
     """Streams a request body to a temporary file, computing CRC-64 (and MD5) on the way.
 
@@ -323,9 +224,11 @@ class BodySink:
     handed to two *lanes* (pooled worker threads): one computes the MD5, the other the
     CRC-64 and writes the batch at its offset (``pwritev``).  Receiving, hashing and
     writing thus overlap; the MD5, the slowest step (~600 MiB/s), is the critical path.
-    With ``md5=False`` the MD5 lane is left out (the ``etag="fast"`` mode).  Large bodies
-    are written with ``O_DIRECT`` (:class:`_DirectWriter`).  (Measured and rejected:
-    4 MiB batches, and one ``b"".join`` per batch.)
+    With ``md5=False`` the MD5 lane is left out (the ``etag="fast"`` mode).  (Measured and
+    rejected: 4 MiB batches, one ``b"".join`` per batch, ``posix_fallocate``, and
+    ``O_DIRECT`` writes: they help only when the kernel's dirty-page writeback throttles a
+    disk, and made overwriting a 1 GiB object on tmpfs 3x slower; the benchmarks keep the
+    emulator's data on tmpfs instead.)
 
     Memory is bounded: when more than ``_MAX_BACKLOG`` bytes are queued but not yet
     processed by every lane, :meth:`write` waits (without blocking the loop) until the
@@ -347,7 +250,6 @@ class BodySink:
         self._waiter: asyncio.Future[None] | None = None
         self._exited = 0
         self._all_exited: asyncio.Future[None] | None = None
-        self._direct: _DirectWriter | None = None
 
     # -------------------------------------------------------------- worker side
 
@@ -359,14 +261,6 @@ class BodySink:
     def _crc_and_write(self, chunks: list[bytes], offset: int) -> None:
         """The write lane's step (also used inline for small bodies); ``offset < 0``: the end."""
         if offset < 0:
-            if self._direct is not None:
-                self._direct.finish()
-                self._crc = self._direct.crc
-            return
-        if offset == 0 and self._lanes and _USE_DIRECT_IO:
-            self._direct = _DirectWriter.open(self.path)
-        if self._direct is not None:
-            self._direct.write(chunks)  # computes the CRC-64 too
             return
         crc = self._crc
         for chunk in chunks:
@@ -468,11 +362,7 @@ class BodySink:
             self._lanes[-1].put([], -1, 0)
         for lane in self._lanes:
             lane.close()
-        try:
-            await asyncio.shield(exited)
-        finally:
-            if self._direct is not None and exited.done():
-                self._direct.close()
+        await asyncio.shield(exited)
 
     async def finish(self) -> tuple[int, bytes | None, int]:
         """Write what is left, wait for the lanes, and close the file.
