@@ -131,11 +131,13 @@ class Env:
     """Where the clients upload to: endpoint, credentials, server CPU probe, scratch dir."""
 
     def __init__(self, endpoint: str, keys: tuple[str, str], server_cpu: Callable[[], float],
-                 scratch: Path) -> None:
+                 scratch: Path, key: str | None = None) -> None:
         self.endpoint = endpoint
         self.keys = keys
         self.server_cpu = server_cpu
         self.scratch = scratch
+        #: one object key for every run (each overwrites the last), else a fresh key per run
+        self.key = key
         (scratch / "ckpt").mkdir(parents=True, exist_ok=True)
 
     def spec(self, client: str, op: str, **kw: Any) -> dict[str, Any]:
@@ -148,7 +150,7 @@ class Env:
     def worker(self, name: str, client: str, op: str, *, bytes_: int = 0, objects: int = 0,
                note: str = "", **kw: Any) -> Case:
         def fn() -> Run:
-            return run_worker(self.spec(client, op, key=_key(client), **kw),
+            return run_worker(self.spec(client, op, key=self.key or _key(client), **kw),
                               server_cpu=self.server_cpu)
 
         return Case(name, fn, bytes=bytes_, objects=objects, note=note)
@@ -546,6 +548,7 @@ EMU_PUT = "sdk put_object -> emulator"
 EMU_OSS2 = "oss2.resumable_upload -> emulator"
 EMU_V2 = "v2 Uploader -> emulator"
 EMU_FAST_CURL = "curl -T -> emulator --etag fast"
+EMU_KEY = "bench.bin"
 EMU_FAST_RES = "sdk resumable_upload -> emulator --etag fast"
 
 
@@ -583,13 +586,16 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
     with discard_process() as discard, emulator_process(BUCKET, str(data_dir)) as emu, \
             emulator_process(BUCKET, str(fast_dir), etag="fast") as fast:
         d_env = Env(discard.endpoint, keys, discard.cpu_seconds, scratch)
-        e_env = Env(emu.endpoint, keys, emu.cpu_seconds, scratch)
-        f_env = Env(fast.endpoint, keys, fast.cpu_seconds, scratch)
+        # One key per emulator, overwritten by every run: a store of many 1 GiB objects
+        # needs fresh memory pages, which a VM may hand out slowly (measured here: from
+        # the 4th GiB in tmpfs, a 1 GiB put took 3x the server CPU).
+        e_env = Env(emu.endpoint, keys, emu.cpu_seconds, scratch, key=EMU_KEY)
+        f_env = Env(fast.endpoint, keys, fast.cpu_seconds, scratch, key=EMU_KEY)
         cases = [
             d_env.curl(EMU_DISCARD, big, lambda: f"{discard.endpoint}/{BUCKET}/discard.bin",
                        note="same uvicorn stack, app drops the body"),
             e_env.curl(EMU_CURL, big, lambda: presign_v1(emu.endpoint, *keys, BUCKET,
-                                                         "curl.bin"),
+                                                         EMU_KEY),
                        note="presigned V1; streams to disk with MD5 + CRC-64"),
             e_env.worker(EMU_RES, "sdk", "resumable", bytes_=size, file=str(big),
                          part_size=s.part_size, concurrency=s.concurrency,
@@ -603,7 +609,7 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
                          part_size=s.part_size, concurrency=s.concurrency,
                          note=f"parallel_num={s.concurrency}, CRC on"),
             f_env.curl(EMU_FAST_CURL, big, lambda: presign_v1(fast.endpoint, *keys, BUCKET,
-                                                              "curl.bin"),
+                                                              EMU_KEY),
                        note="--etag fast: no MD5 (ETag from CRC-64 + size)"),
             f_env.worker(EMU_FAST_RES, "sdk", "resumable", bytes_=size, file=str(big),
                          part_size=s.part_size, concurrency=s.concurrency,

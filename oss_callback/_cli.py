@@ -119,7 +119,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run a local OSS emulator (for tests and development)",
         add_help=False,
         description="oss-callback emulator [--host H] [--port P] [--data-dir DIR] "
-        "[--region R] [--bucket NAME ...] [--access-key-id ID] [--access-key-secret SECRET]",
+        "[--region R] [--bucket NAME ...] [--access-key-id ID] [--access-key-secret SECRET] "
+        "[--etag md5|fast]",
     )
     return parser
 
