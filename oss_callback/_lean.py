@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
+from ._poolstats import PoolStats
+
 if TYPE_CHECKING:
     import httptools
 else:
@@ -475,7 +477,7 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._pool._release(self._conn, ex, reuse=False)
 
 
-class LeanHTTP:
+class LeanHTTP(PoolStats):
     """``send``/``aclose`` of :class:`httpx.AsyncClient` over asyncio + ``httptools``.
 
     Args:
@@ -522,43 +524,9 @@ class LeanHTTP:
     # -- introspection ---------------------------------------------------------------------
 
     @property
-    def max_connections(self) -> int:
-        """The limit on open connections."""
-        return self._max
-
-    @property
-    def num_connections(self) -> int:
-        """Slots in use: idle, active and connecting connections."""
-        return self._total
-
-    @property
-    def num_idle(self) -> int:
-        """Idle keep-alive connections."""
-        return self._n_idle
-
-    @property
-    def num_waiting(self) -> int:
-        """Requests waiting for a connection."""
-        return len(self._waiters)
-
-    @property
-    def connections_created(self) -> int:
-        """Connections opened so far."""
-        return self._created
-
-    @property
     def retries(self) -> int:
         """Requests re-sent on a fresh connection after a reused one turned out dead."""
         return self._retries
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
-    def __repr__(self) -> str:
-        return (f"<LeanHTTP connections={self._total}/{self._max} idle={self._n_idle} "
-                f"waiting={len(self._waiters)}{' closed' if self._closed else ''}>")
 
     # -- sending ---------------------------------------------------------------------------
 

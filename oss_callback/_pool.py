@@ -39,6 +39,8 @@ import httpcore
 import httpx
 from httpx._transports.default import AsyncResponseStream, map_httpcore_exceptions
 
+from ._poolstats import PoolStats
+
 __all__ = ["FastConnectionPool", "FastHTTPTransport", "PoolClosedError"]
 
 DEFAULT_MAX_CONNECTIONS = 100
@@ -116,7 +118,7 @@ class _Waiter:
         self.conn: _Connection | None = None
 
 
-class FastConnectionPool:
+class FastConnectionPool(PoolStats):
     """An HTTP/1.1 connection pool implementing httpcore's async request interface.
 
     Args:
@@ -163,45 +165,6 @@ class FastConnectionPool:
         self._closed = False
         self._next_sweep = 0.0
         self._created = 0
-
-    # -- introspection (tests, diagnostics) ------------------------------------------------
-
-    @property
-    def max_connections(self) -> int:
-        """The limit on open connections."""
-        return self._max
-
-    @property
-    def num_connections(self) -> int:
-        """Slots in use: idle, active and connecting connections (at most the limit)."""
-        return self._total
-
-    @property
-    def num_idle(self) -> int:
-        """Idle keep-alive connections."""
-        return self._n_idle
-
-    @property
-    def num_waiting(self) -> int:
-        """Requests waiting for a connection."""
-        return len(self._waiters)
-
-    @property
-    def connections_created(self) -> int:
-        """Connections opened over the pool's lifetime (reuse keeps this low)."""
-        return self._created
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} connections={self._total}/{self._max} "
-            f"idle={self._n_idle} waiting={len(self._waiters)}"
-            f"{' closed' if self._closed else ''}>"
-        )
 
     # -- the request interface -------------------------------------------------------------
 
