@@ -73,7 +73,7 @@ MAX_PARTS = 10_000
 #: nginx sink, 2 cores): 1 MiB parts are 2-3x slower (per-request cost); 8 MiB x 4 is within
 #: 1.3x of the fastest cell (32 MiB x 4) at the same CPU, while a retried or resumed part
 #: re-sends 4x less; 4 in flight beats 1 by ~10% on loopback and hides latency on real
-#: links. A part in flight holds only a 256 KiB buffer, so memory does not grow with it.
+#: links. A part in flight holds only a 1 MiB buffer, so memory does not grow with it.
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 256

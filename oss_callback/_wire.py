@@ -2,11 +2,11 @@
 
 A part (or a whole file for ``put_object(file=...)``) is sent by one blocking job in a worker
 thread over a keep-alive connection of its own: the request line and headers, then a loop of
-``readinto`` -> CRC-64 -> ``sendall`` over one reused 256 KiB buffer, then the (small)
+``readinto`` -> CRC-64 -> ``sendall`` over one reused 1 MiB buffer, then the (small)
 response. Compared with streaming the file through the event loop (a worker-thread hop per
-2 MiB read, asyncio transport buffers, an event-loop wake-up per socket write), this measured
-on a 1 GiB resumable upload into the nginx sink about 35% less wall time and 35-40% less
-client CPU (``benchmarks/RESULTS.md``), and holds 256 KiB per request instead of two 2 MiB
+2 MiB read, asyncio transport buffers, an event-loop wake-up per socket write), this takes
+about a quarter less client CPU on a 1 GiB resumable upload into the nginx sink (the
+``ablations`` group of ``benchmarks/``), and holds 1 MiB per request instead of two 2 MiB
 chunks. Reading, CRC and ``sendall`` all release the GIL, so parts really run in parallel.
 
 Only plain file paths take this route (:class:`~oss_callback._body.FileRangeBody`), and only
@@ -59,9 +59,10 @@ __all__ = ["WirePool"]
 
 logger = logging.getLogger("oss_callback")
 
-#: Read/send buffer per request. 256 KiB measured best (64 KiB: more syscalls; 1 MiB+: more
-#: cache misses, same speed); it is all a request holds of the file.
-SEND_BUFFER = 256 * 1024
+#: Read/send buffer per request: all a request holds of the file. Measured on 1 GiB into the
+#: nginx sink (6 interleaved runs each): 1 MiB used 17% less CPU than 256 KiB on the
+#: resumable upload and 18% less on put_object; 2 MiB was no better.
+SEND_BUFFER = 1024 * 1024
 #: Progress is posted to the event loop at most once per this many bytes.
 PROGRESS_STEP = 1024 * 1024
 #: Longest response body read (OSS answers uploads with an empty body, or the callback
