@@ -70,10 +70,11 @@ MIN_PART_SIZE = 100 * KiB
 MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
 #: Defaults chosen from the scaling table in ``benchmarks/RESULTS.md`` (1 GiB into the
-#: nginx sink, 2 cores): 1 MiB parts are 2-3x slower (per-request cost); 8 MiB x 4 is within
-#: 1.3x of the fastest cell (32 MiB x 4) at the same CPU, while a retried or resumed part
-#: re-sends 4x less; 4 in flight beats 1 by ~10% on loopback and hides latency on real
-#: links. A part in flight holds only a 1 MiB buffer, so memory does not grow with it.
+#: nginx sink, 2 cores): 1 MiB parts are 2-3x slower (per-request cost); every 8 and 32 MiB
+#: cell lies within 0.6-1.0 s, run-to-run noise included, and 8 MiB re-sends 4x less than
+#: 32 MiB when a part is retried or resumed. On loopback one stream already saturates the
+#: two cores, so concurrency shows no gain there; 4 in flight hide the per-request latency
+#: of real links (tens of ms per OSS round trip). A part in flight holds a 1 MiB buffer.
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 256
