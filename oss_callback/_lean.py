@@ -477,7 +477,7 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._pool._release(self._conn, ex, reuse=False)
 
 
-class LeanHTTP(PoolStats):
+class LeanHTTP(PoolStats[_Key, _Conn]):
     """``send``/``aclose`` of :class:`httpx.AsyncClient` over asyncio + ``httptools``.
 
     Args:
@@ -908,18 +908,6 @@ class LeanHTTP(PoolStats):
                 waiter.set_result(None)
                 return
         self._total -= 1
-
-    def _pop_oldest_idle(self) -> _Conn:
-        for key in list(self._idle):
-            idle = self._idle[key]
-            if idle:
-                self._n_idle -= 1
-                conn = idle.popleft()
-                if not idle:
-                    del self._idle[key]
-                return conn
-            del self._idle[key]
-        raise AssertionError("no idle connection although _n_idle > 0")  # pragma: no cover
 
     def _sweep(self) -> None:
         """Close idle connections past their keep-alive (or dead); re-arm while any idle."""

@@ -118,7 +118,7 @@ class _Waiter:
         self.conn: _Connection | None = None
 
 
-class FastConnectionPool(PoolStats):
+class FastConnectionPool(PoolStats[_Key, _Connection]):
     """An HTTP/1.1 connection pool implementing httpcore's async request interface.
 
     Args:
@@ -300,18 +300,6 @@ class FastConnectionPool(PoolStats):
                 stale.append(idle.popleft())
                 self._n_idle -= 1
                 self._free_slot()
-
-    def _pop_oldest_idle(self) -> _Connection:
-        for key in list(self._idle):
-            idle = self._idle[key]
-            if idle:
-                self._n_idle -= 1
-                conn = idle.popleft()
-                if not idle:
-                    del self._idle[key]
-                return conn
-            del self._idle[key]
-        raise AssertionError("no idle connection although _n_idle > 0")  # pragma: no cover
 
     async def _wait(self, request: httpcore.Request) -> _Connection | None:
         """Queue for a slot; return the connection handed over with it, if any."""

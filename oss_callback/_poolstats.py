@@ -1,25 +1,46 @@
-"""Introspection shared by our connection pools (:mod:`._pool`, :mod:`._lean`)."""
+"""What our connection pools (:mod:`._pool`, :mod:`._lean`) share: introspection and the
+idle lists."""
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections import deque
+from collections.abc import Hashable, Sized
+from typing import Generic, TypeVar
 
 __all__ = ["PoolStats"]
 
+KeyT = TypeVar("KeyT", bound=Hashable)
+ConnT = TypeVar("ConnT")
 
-class PoolStats:
+
+class PoolStats(Generic[KeyT, ConnT]):
     """Read-only counters of a slot-accounted pool (for tests and diagnostics).
 
-    The pool sets ``_max`` (the limit), ``_total`` (slots in use), ``_n_idle``,
-    ``_waiters`` (a sized queue), ``_created`` and ``_closed``.
+    The pool sets ``_max`` (the limit), ``_total`` (slots in use), ``_idle`` (per origin,
+    oldest first) and ``_n_idle``, ``_waiters`` (a sized queue), ``_created`` and
+    ``_closed``.
     """
 
     _max: int
     _total: int
+    _idle: dict[KeyT, deque[ConnT]]
     _n_idle: int
     _waiters: Sized
     _created: int
     _closed: bool
+
+    def _pop_oldest_idle(self) -> ConnT:
+        """Take the oldest idle connection of the first origin that has one."""
+        for key in list(self._idle):
+            idle = self._idle[key]
+            if idle:
+                self._n_idle -= 1
+                conn = idle.popleft()
+                if not idle:
+                    del self._idle[key]
+                return conn
+            del self._idle[key]
+        raise AssertionError("no idle connection although _n_idle > 0")  # pragma: no cover
 
     @property
     def max_connections(self) -> int:
