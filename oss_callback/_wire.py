@@ -27,12 +27,12 @@ Behaviour kept from the httpx path, and tested:
 * a server that answers before reading the whole body (an early 403, say) still has its
   answer read and returned; a reused keep-alive connection that the server had already
   closed is retried once on a fresh connection;
-* progress is reported on the event loop thread (``call_soon_threadsafe``), every 1 MiB.
+* progress is reported on the event loop thread every 1 MiB, and the sender waits for it
+  (a callback that raises stops the upload before more bytes are sent).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import io
@@ -200,9 +200,11 @@ def _alive(conn: http.client.HTTPConnection) -> bool:
 def _poster(on_bytes: Callable[[int], None], job: _Job) -> Callable[[int], None]:
     """A thread-side function that runs ``on_bytes(n)`` on the event loop's thread.
 
-    If ``on_bytes`` raises (a progress callback may, to stop an upload), the job is
-    aborted and :meth:`WirePool.send_file` raises that exception.
+    The sender waits for each report, as the streaming path does, so a progress callback
+    that raises (to stop an upload) stops it before more bytes go out: the job is aborted
+    and :meth:`WirePool.send_file` raises that exception.
     """
+    token = anyio.lowlevel.current_token()
 
     def deliver(n: int) -> None:
         if job.error is not None:
@@ -213,14 +215,13 @@ def _poster(on_bytes: Callable[[int], None], job: _Job) -> Callable[[int], None]
             job.error = exc
             job.abort()
 
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # another event loop (trio): a blocking call per report
-        token = anyio.lowlevel.current_token()
-        return lambda n: anyio.from_thread.run_sync(deliver, n, token=token)
-
     def post(n: int) -> None:
-        loop.call_soon_threadsafe(deliver, n)
+        try:
+            anyio.from_thread.run_sync(deliver, n, token=token)
+        except Exception as exc:  # noqa: BLE001 - the event loop is gone (re-raised)
+            if job.error is None:
+                job.error = exc
+            job.abort()
 
     return post
 
@@ -349,6 +350,8 @@ class _Job:
                             self.post(unreported)
                             self._reported += unreported
                             unreported = 0
+                            if self._aborted:
+                                raise _Aborted
             except TimeoutError as exc:
                 raise httpx.WriteTimeout("sending the request timed out",
                                          request=request) from exc
