@@ -1,4 +1,4 @@
-"""The async core: :class:`AsyncClient` (one pooled connection pool) and :class:`AsyncBucket`."""
+"""The async core: :class:`AsyncClient` (pools its buckets share) and :class:`AsyncBucket`."""
 
 from __future__ import annotations
 
