@@ -85,6 +85,10 @@ class WirePool:
 
     Thread-safe. Idle connections are kept LIFO per origin (at most ``max_idle`` in all)
     and dropped after ``keepalive_expiry`` seconds or when the server has closed them.
+    Requests run on threads of their own limiter (``max_idle`` at once), not anyio's
+    default one (40 threads, shared with everything else that uses worker threads): a
+    request holds its thread for as long as it sends, and must neither starve other
+    thread work nor cap a resumable upload's concurrency at 40.
     """
 
     def __init__(self, *, timeout: httpx.Timeout, max_idle: int,
@@ -92,6 +96,7 @@ class WirePool:
                  ) -> None:
         self.timeout = timeout
         self.max_idle = max_idle
+        self.limiter = anyio.CapacityLimiter(max_idle)
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[_Origin, deque[tuple[http.client.HTTPConnection, float]]] = {}
         self._idle_count = 0
@@ -169,7 +174,7 @@ class WirePool:
             job.post = _poster(on_bytes, job)
         try:
             status, raw_headers, data, crc, sent = await anyio.to_thread.run_sync(
-                job.run, abandon_on_cancel=True)
+                job.run, abandon_on_cancel=True, limiter=self.limiter)
         except anyio.get_cancelled_exc_class():
             job.abort()
             with anyio.CancelScope(shield=True):

@@ -7,6 +7,7 @@ path; these tests drive the edge cases with small raw servers that misbehave on 
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import threading
@@ -28,8 +29,6 @@ from oss_callback import (
     ServiceError,
 )
 from oss_callback._wire import WirePool
-
-pytestmark = pytest.mark.anyio
 
 OK = (b"HTTP/1.1 200 OK\r\nETag: \"0123456789ABCDEF0123456789ABCDEF\"\r\n"
       b"x-oss-request-id: 5C0000000000000000000001\r\nServer: AliyunOSS\r\n"
@@ -411,3 +410,35 @@ async def test_a_success_answer_before_the_whole_body_is_not_a_success(serve: An
     async with client:
         with pytest.raises(RequestError, match="before the whole body was sent"):
             await bucket.put_object("k", b"x" * (64 * 1024 * 1024))  # > socket buffers
+
+
+async def test_file_uploads_are_not_capped_by_the_default_thread_limiter(
+    serve: Any, tmp_path: Path
+) -> None:
+    import anyio.to_thread
+
+    release = threading.Event()
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1000)
+
+    def handler(conn: socket.socket, _: int) -> None:
+        req = _read_request(conn)
+        if req is not None:
+            release.wait(10)  # every upload stays in flight until all have arrived
+            conn.sendall(OK)
+
+    server = serve(handler)
+    n = anyio.to_thread.current_default_thread_limiter().total_tokens + 10  # 50
+    client, bucket = bucket_on(server.endpoint, max_connections=n)
+    try:
+        async with client, anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(functools.partial(bucket.put_object, f"k{i}", file=small))
+            with anyio.fail_after(10):
+                while server.accepted < n:  # all in flight at once, not 40
+                    await anyio.sleep(0.02)
+            # and the default limiter is still free for other thread work meanwhile
+            assert await anyio.to_thread.run_sync(lambda: 42) == 42
+            release.set()
+    finally:
+        release.set()
