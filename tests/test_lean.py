@@ -21,6 +21,7 @@ import anyio
 import httpx
 import psutil
 import pytest
+from counting_server import CountingServer
 
 from oss_callback._credentials import Credentials
 from oss_callback._endpoint import encode_key
@@ -77,7 +78,7 @@ def ok(body: bytes = b"ok", *extra: str) -> bytes:
                                                                      body)
 
 
-class Server:
+class Server(CountingServer):
     """An asyncio HTTP/1.1 server that counts connections and misbehaves on request.
 
     Routes (by request target): ``/`` answers ``ok:<body length>``; ``/sleep/<ms>``
@@ -96,72 +97,24 @@ class Server:
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None,
                  stale_after: int | None = None, idle_close: float | None = None) -> None:
-        self.ssl_context = ssl_context
+        super().__init__(ssl_context=ssl_context)
         self.stale_after = stale_after
         self.idle_close = idle_close
-        self.accepted = 0
-        self.open = 0
-        self.max_open = 0
         self.requests: list[Req] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0,
-                                                  ssl=self.ssl_context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        await self._server.wait_closed()
-
-    async def wait_open(self, n: int, timeout: float = 5.0) -> None:
-        """Wait until the server sees at most ``n`` open connections."""
-        with anyio.fail_after(timeout):
-            while self.open > n:
-                await asyncio.sleep(0.01)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.accepted += 1
-        self.open += 1
-        self.max_open = max(self.max_open, self.open)
-        try:
-            n = 0
-            while True:
-                try:
-                    head, method, target, headers = await asyncio.wait_for(
-                        read_head(reader), self.idle_close)
-                except (asyncio.TimeoutError, asyncio.IncompleteReadError):
-                    return
-                if self.stale_after is not None and n == self.stale_after:
-                    return
-                n += 1
-                if not await self._answer(reader, writer, head, method, target, headers):
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        except asyncio.CancelledError:
-            pass  # server shutdown (Python 3.11's streams log a cancelled handler task)
-        finally:
-            self.open -= 1
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while True:
+            try:
+                head, method, target, headers = await asyncio.wait_for(
+                    read_head(reader), self.idle_close)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+                return
+            if self.stale_after is not None and n == self.stale_after:
+                return
+            n += 1
+            if not await self._answer(reader, writer, head, method, target, headers):
+                return
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       head: bytes, method: str, target: str, headers: dict[str, str]) -> bool:

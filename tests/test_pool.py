@@ -20,6 +20,7 @@ import h11
 import httpx
 import psutil
 import pytest
+from counting_server import CountingServer
 
 from oss_callback import AsyncClient
 from oss_callback._pool import FastConnectionPool, FastHTTPTransport, PoolClosedError
@@ -27,7 +28,7 @@ from oss_callback._pool import FastConnectionPool, FastHTTPTransport, PoolClosed
 BIG = 8 * 1024 * 1024
 
 
-class Server:
+class Server(CountingServer):
     """An HTTP/1.1 server (h11 over asyncio streams) that counts connections.
 
     Routes: ``/`` answers ``ok:<request body length>``; ``/sleep/<ms>`` answers after a
@@ -35,62 +36,16 @@ class Server:
     ``Connection: close``; ``/hang`` never answers; ``/noread`` stops reading the request.
     """
 
+    quiet = (*CountingServer.quiet, h11.ProtocolError)
+
     def __init__(self, *, idle_close: float | None = None, ssl_context: Any = None) -> None:
+        super().__init__(ssl_context=ssl_context)
         self.idle_close = idle_close
-        self.ssl_context = ssl_context
-        self.accepted = 0
-        self.open = 0
-        self.max_open = 0
         self.requests = 0
         self.bodies: list[int] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0,
-                                                  ssl=self.ssl_context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        await self._server.wait_closed()
-
-    async def wait_open(self, n: int, timeout: float = 5.0) -> None:
-        """Wait until the server sees at most ``n`` open connections."""
-        with anyio.fail_after(timeout):
-            while self.open > n:
-                await anyio.sleep(0.01)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.accepted += 1
-        self.open += 1
-        self.max_open = max(self.max_open, self.open)
-        conn = h11.Connection(h11.SERVER)
-        try:
-            await self._cycles(conn, reader, writer)
-        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open -= 1
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._cycles(h11.Connection(h11.SERVER), reader, writer)
 
     async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader,
                     timeout: float | None = None) -> Any:
