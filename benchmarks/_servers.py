@@ -106,8 +106,11 @@ def discard_process() -> Iterator[ServerProcess]:
 
 
 def _serve_discard() -> int:
+    from oss_callback.testing._cli import keep_heap
+
     from .bench_emulator import DiscardServer
 
+    keep_heap()  # as the emulator's command does: the same stack, tuned the same way
     server = DiscardServer()
     try:
         print(f"discard app listening on http://127.0.0.1:{server.port}", flush=True)
