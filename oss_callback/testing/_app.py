@@ -788,7 +788,7 @@ class EmulatorApp:
         whenever the client sent ``Content-MD5``; otherwise (``etag="fast"``) it is ``None``.
         """
         want_md5 = self.etag_mode == "md5" or expected_md5 is not None
-        sink = BodySink(self.store.temp_path(), md5=want_md5)
+        sink = BodySink(self.store.temp_path(declared), md5=want_md5)
         try:
             async for chunk in req.body_chunks():
                 await sink.write(chunk)

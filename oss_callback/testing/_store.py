@@ -12,9 +12,21 @@ Layout under the data directory (nothing is ever named after an object key, so a
     uploads/<upload id>/upload.json    a multipart upload in progress
     uploads/<upload id>/<n>-<nonce>.part / <n>.json
     tmp/                               bodies being received
+    spare/                             files of replaced objects, kept for reuse (see below)
 
 An in-memory index mirrors the sidecars (and is rebuilt from them at start), so reads and
 listings never touch the metadata files.
+
+Files are recycled: when an object is overwritten or deleted (or a part replaced or an
+upload aborted), its files move to ``spare/`` (up to ``_SPARE_FILES`` files and
+``_SPARE_BYTES`` bytes, for ``_SPARE_SECONDS``) and the next large body is written over one
+of them, then truncated to its size.  Overwriting pages the file system already holds costs
+a third of filling fresh ones (on tmpfs: 0.22 vs 0.53-0.67 CPU s/GiB here, and far more in
+a VM whose host takes freed pages back).  A file is never recycled while a GET reads it
+(reads take a *lease* on every file of the object: the GET finishes with the bytes it
+started with, as on OSS, even if the object is overwritten or deleted meanwhile), nor after
+:meth:`Store.materialize` handed its path out.
+
 """
 
 from __future__ import annotations
@@ -44,6 +56,10 @@ _MAX_BACKLOG = 8 << 20  # bytes queued per body before receiving waits for the l
 _IDLE_WORKER_SECONDS = 30.0  # an idle lane thread exits after this
 _IOV_MAX = 1024  # buffers per pwritev call (Linux's IOV_MAX)
 _COPY_BUFFER = 1 << 20
+_SPARE_FILES = 256  # recycled files kept at most...
+_SPARE_BYTES = 2 << 30  # ... holding at most this many bytes...
+_SPARE_SECONDS = 60.0  # ... for at most this long
+_SPARE_MIN = 1 << 20  # bodies smaller than this get a fresh file
 
 
 def _as_segments(value: Any) -> tuple[tuple[str, int], ...]:
@@ -133,6 +149,15 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+@attrs.define
+class _Spare:
+    """A recycled file in ``spare/``."""
+
+    path: Path
+    size: int
+    since: float  # time.monotonic() when it was kept
 
 
 class _Worker:
@@ -237,7 +262,9 @@ class BodySink:
 
     def __init__(self, path: Path, *, md5: bool = True) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Not truncated: ``path`` may be a recycled file (:meth:`Store.temp_path`), whose
+        # pages are overwritten in place; :meth:`finish` cuts it to the body's size.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         self._md5 = hashlib.md5() if md5 else None  # noqa: S324 - OSS's ETag is an MD5
         self._crc = 0
         self.size = 0
@@ -383,6 +410,7 @@ class BodySink:
                 error = self._error()
                 if error is not None:
                     raise error
+            os.ftruncate(self._fd, self.size)
         finally:
             os.close(self._fd)
         return self.size, (self._md5.digest() if self._md5 is not None else None), self._crc
@@ -410,7 +438,11 @@ class Store:
         self.buckets: dict[str, float] = {}
         self.objects: dict[str, dict[str, StoredObject]] = {}
         self.uploads: dict[str, Upload] = {}
-        for sub in ("buckets", "objects", "uploads", "tmp"):
+        self._readers: dict[Path, int] = {}  # file -> reads in progress (leases)
+        self._doomed: set[Path] = set()  # retired while read: retired again by the last reader
+        self._exposed: set[Path] = set()  # handed out by materialize(): never recycled
+        self._spares: list[_Spare] = []
+        for sub in ("buckets", "objects", "uploads", "tmp", "spare"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -433,8 +465,9 @@ class Store:
                 p["md5"] = bytes.fromhex(p["md5"])
                 upload.parts[p["number"]] = PartInfo(**p)
             self.uploads[upload.upload_id] = upload
-        for leftover in (self.root / "tmp").iterdir():
-            _unlink(leftover)
+        for sub in ("tmp", "spare"):
+            for leftover in (self.root / sub).iterdir():
+                _unlink(leftover)
 
     def reset(self) -> None:
         """Delete every bucket, object and upload."""
@@ -442,7 +475,9 @@ class Store:
             self.buckets.clear()
             self.objects.clear()
             self.uploads.clear()
-            for sub in ("buckets", "objects", "uploads"):
+            self._spares.clear()
+            self._exposed.clear()
+            for sub in ("buckets", "objects", "uploads", "spare"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -472,9 +507,112 @@ class Store:
 
     # ------------------------------------------------------------------ objects
 
-    def temp_path(self) -> Path:
-        """A fresh path in the temporary directory."""
-        return self.root / "tmp" / uuid.uuid4().hex
+    def temp_path(self, size_hint: int | None = None) -> Path:
+        """A new path in the temporary directory for a body of about ``size_hint`` bytes.
+
+        For a body of at least ``_SPARE_MIN`` bytes the path may hold a recycled file: write
+        over it without truncating first, then truncate it to the body's size (as
+        :class:`BodySink` does).  Otherwise nothing exists at the path.
+        """
+        path = self.root / "tmp" / uuid.uuid4().hex
+        if size_hint is None or size_hint < _SPARE_MIN:
+            return path
+        with self._lock:
+            expired = self._expire_spares()
+            # Not one over twice the size: truncating it would throw most of it away.
+            usable = [spare for spare in self._spares if spare.size <= 2 * size_hint]
+            fits = [spare for spare in usable if spare.size >= size_hint]
+            if fits:
+                spare = min(fits, key=lambda x: x.size)
+            elif usable:
+                spare = max(usable, key=lambda x: x.size)
+            else:
+                spare = None
+            if spare is not None:
+                self._spares.remove(spare)
+                with contextlib.suppress(OSError):  # gone (deleted by hand): a new file then
+                    os.replace(spare.path, path)
+        for old in expired:
+            _unlink(old)
+        return path
+
+    # ------------------------------------------------------------------ file lifecycle
+
+    def _expire_spares(self) -> list[Path]:
+        """Drop spares kept too long (under the lock); returns their paths to unlink."""
+        horizon = time.monotonic() - _SPARE_SECONDS
+        expired = [spare.path for spare in self._spares if spare.since < horizon]
+        if expired:
+            self._spares = [spare for spare in self._spares if spare.since >= horizon]
+        return expired
+
+    def _retire(self, paths: list[Path]) -> None:
+        """``paths`` no longer hold live data: recycle or delete them, unless being read.
+
+        A file that a GET is reading is left in place until the last such read ends.
+        """
+        unlink: list[Path] = []
+        with self._lock:
+            unlink.extend(self._expire_spares())
+            for path in paths:
+                if self._readers.get(path):
+                    self._doomed.add(path)
+                elif path in self._exposed:
+                    self._exposed.discard(path)
+                    unlink.append(path)
+                elif not self._keep_spare(path):
+                    unlink.append(path)
+        for path in unlink:
+            _unlink(path)  # readers with it open (materialize()'d) keep the inode
+
+    def _keep_spare(self, path: Path) -> bool:
+        """Move ``path`` to ``spare/`` if there is room (under the lock); True if done
+        (or if there is no such file)."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return True
+        held = sum(spare.size for spare in self._spares)
+        if size < _SPARE_MIN or len(self._spares) >= _SPARE_FILES or held + size > _SPARE_BYTES:
+            return False
+        spare = self.root / "spare" / uuid.uuid4().hex
+        try:
+            os.replace(path, spare)
+        except FileNotFoundError:
+            return True
+        self._spares.append(_Spare(spare, size, time.monotonic()))
+        return True
+
+    def _lease(self, obj: StoredObject) -> list[Path]:
+        """Keep ``obj``'s files from being recycled or deleted until :meth:`_release`.
+
+        Raises:
+            FileNotFoundError: ``obj`` was overwritten or deleted (its files are gone).
+        """
+        with self._lock:
+            current = self.objects.get(obj.bucket, {}).get(obj.key)
+            if current is None or current.data_file != obj.data_file:
+                raise FileNotFoundError(f"{obj.bucket}/{obj.key} was overwritten or deleted")
+            files = self._files(obj)
+            for path in files:
+                self._readers[path] = self._readers.get(path, 0) + 1
+        return files
+
+    def _release(self, files: list[Path]) -> None:
+        """End a :meth:`_lease`; files retired meanwhile are retired now."""
+        retire: list[Path] = []
+        with self._lock:
+            for path in files:
+                left = self._readers[path] - 1
+                if left:
+                    self._readers[path] = left
+                    continue
+                del self._readers[path]
+                if path in self._doomed:
+                    self._doomed.discard(path)
+                    retire.append(path)
+        if retire:
+            self._retire(retire)
 
     def get(self, bucket: str, key: str) -> StoredObject | None:
         """The object's metadata, or ``None``."""
@@ -515,8 +653,7 @@ class Store:
                 _write_json(sidecar, attrs.asdict(obj))
                 self.objects[obj.bucket][obj.key] = obj
                 stale = self._files(old) if old is not None else []
-        for path in stale:
-            _unlink(path)  # readers with it open keep the inode
+        self._retire(stale)
 
     def commit_object(
         self,
@@ -605,51 +742,68 @@ class Store:
             if old is None:
                 return False
             _unlink(self.root / "objects" / digest[:2] / f"{digest}.json")
-        for path in self._files(old):
-            _unlink(path)
+        self._retire(self._files(old))
         return True
 
     def read(self, obj: StoredObject, start: int = 0, length: int | None = None) -> Iterator[bytes]:
         """``length`` bytes (default: to the end) of ``obj``'s content from ``start``, in chunks.
 
-        A multipart object is read across its segments.  The first file is opened when the
-        iterator is first advanced (``FileNotFoundError`` if the object was deleted).
+        A multipart object is read across its segments.  The object's files are leased
+        when the iterator is first advanced (``FileNotFoundError`` if the object was
+        overwritten or deleted by then), so the read ends with the bytes it started with
+        even if the object is replaced meanwhile; the lease ends with the iterator.
         """
         if length is None:
             length = obj.size - start
-        if not obj.segments:
-            yield from iter_file(self.root / obj.data_file, start, length)
-            return
-        position = 0
-        for path, size in obj.segments:
-            if length <= 0:
+        files = self._lease(obj)
+        try:
+            if not obj.segments:
+                yield from iter_file(self.root / obj.data_file, start, length)
                 return
-            if start < position + size:
-                offset = max(start - position, 0)
-                n = min(size - offset, length)
-                yield from iter_file(self.root / path, offset, n)
-                length -= n
-            position += size
+            position = 0
+            for path, size in obj.segments:
+                if length <= 0:
+                    return
+                if start < position + size:
+                    offset = max(start - position, 0)
+                    n = min(size - offset, length)
+                    yield from iter_file(self.root / path, offset, n)
+                    length -= n
+                position += size
+        finally:
+            self._release(files)
 
     def materialize(self, obj: StoredObject) -> Path:
         """``obj``'s content as one file (assembling a multipart object's segments once).
 
-        The assembled file is the object's ``data_file``; it is deleted with the object.
+        The assembled file is the object's ``data_file``; it is deleted with the object
+        (never recycled: the caller may still have it open).
+
+        Raises:
+            FileNotFoundError: ``obj`` was overwritten or deleted.
         """
         path = self.root / obj.data_file
-        if not obj.segments or path.exists():
-            return path
-        temp = self.temp_path()
+        files = self._lease(obj)
         try:
-            with open(temp, "wb") as out:
-                for segment, size in obj.segments:
-                    with open(self.root / segment, "rb") as src:
-                        _copy(src.fileno(), out, size)
-            os.replace(temp, path)
-        except BaseException:
-            _unlink(temp)
-            raise
-        return path
+            with self._lock:
+                if not obj.segments or path.exists():
+                    self._exposed.add(path)
+                    return path
+            temp = self.temp_path()
+            try:
+                with open(temp, "wb") as out:
+                    for segment, size in obj.segments:
+                        with open(self.root / segment, "rb") as src:
+                            _copy(src.fileno(), out, size)
+                with self._lock:
+                    self._exposed.add(path)
+                    os.replace(temp, path)
+            except BaseException:
+                _unlink(temp)
+                raise
+            return path
+        finally:
+            self._release(files)
 
     # ------------------------------------------------------------------ multipart
 
@@ -702,7 +856,7 @@ class Store:
         )
         with self._lock:
             if upload.completing or self.uploads.get(upload.upload_id) is not upload:
-                _unlink(data_file)  # completed or aborted while this part was received
+                self._retire([data_file])  # completed or aborted while this part was received
                 raise FileNotFoundError(upload.upload_id)
             old = upload.parts.get(number)
             upload.parts[number] = part
@@ -710,13 +864,15 @@ class Store:
             record["md5"] = md5.hex()
             _write_json(directory / f"{number}.json", record)
         if old is not None:
-            _unlink(self.root / old.data_file)
+            self._retire([self.root / old.data_file])
         return part
 
     def drop_upload(self, upload_id: str) -> None:
-        """Forget an upload and delete its parts."""
+        """Forget an upload and delete its parts (those not completed into an object)."""
         with self._lock:
-            self.uploads.pop(upload_id, None)
+            upload = self.uploads.pop(upload_id, None)
+            if upload is not None:
+                self._retire([self.root / part.data_file for part in upload.parts.values()])
         shutil.rmtree(self.root / "uploads" / upload_id, ignore_errors=True)
 
 
