@@ -588,7 +588,9 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
         d_env = Env(discard.endpoint, keys, discard.cpu_seconds, scratch)
         # One key per emulator, overwritten by every run: a store of many 1 GiB objects
         # needs fresh memory pages, which a VM may hand out slowly (measured here: from
-        # the 4th GiB in tmpfs, a 1 GiB put took 3x the server CPU).
+        # the 4th GiB in tmpfs, a 1 GiB put took 3x the server CPU).  The emulator writes
+        # each run over the files of the object it replaces (its spare files), so from
+        # the third run of a case on, no fresh pages are needed.
         e_env = Env(emu.endpoint, keys, emu.cpu_seconds, scratch, key=EMU_KEY)
         f_env = Env(fast.endpoint, keys, fast.cpu_seconds, scratch, key=EMU_KEY)
         cases = [
@@ -629,8 +631,10 @@ def emulator_group(report: Report, s: Settings, scratch: Path, big: Path,
            f"Server and client are separate processes; `server CPU` is the uvicorn process's; "
            f"the emulators store objects under {root} ({where}; `--emulator-data-dir`). "
            "The default emulator is faithful to OSS (ETag = MD5 of the content, which costs "
-           "1.6-2.1 CPU s/GiB here, on a thread of its own); `--etag fast` computes no MD5 "
-           "unless the client sends Content-MD5. "
+           "1.6-1.7 CPU s/GiB here, on a thread of its own: the floor of its wall time); "
+           "`--etag fast` computes no MD5 unless the client sends Content-MD5. Both emulator "
+           "processes and the discard app run with `keep_heap()` (glibc keeps freed heap "
+           "memory), and the emulator writes over the files of the object it replaces. "
            "`x ref` is relative to `curl -T` into the default emulator.")
     report.targets.append(Target("emulator ingest: curl -T into emulator / into discard app",
                                  ratio(results, EMU_CURL, EMU_DISCARD), "<=", 1.3,
