@@ -12,6 +12,8 @@ optimisation buys, against the unpatched code in the same interleaved rounds.
   (:mod:`oss_callback._lean`).
 * ``httpcore_pool``: with ``no_lean``, httpx's default transport (httpcore's pool, whose
   request assignment is O(queued x connections)) instead of our O(1) pool.
+* ``long_body_1m``: long bodies (put_object of a large file) read in 1 MiB pieces like
+  parts, instead of 256 KiB (:data:`oss_callback._wire.LONG_SEND_BUFFER`).
 * ``checkpoint_every_part``: write the checkpoint (two fsyncs) after every part, as before
   :data:`oss_callback._resumable.CHECKPOINT_INTERVAL` throttled it.
 """
@@ -70,6 +72,12 @@ def _httpcore_pool() -> None:
     _after_client_init(change)
 
 
+def _long_body_1m() -> None:
+    from oss_callback import _wire
+
+    _wire.LONG_SEND_BUFFER = _wire.SEND_BUFFER
+
+
 def _checkpoint_every_part() -> None:
     from oss_callback import _resumable
 
@@ -80,6 +88,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "no_wire": _no_wire,
     "no_lean": _no_lean,
     "httpcore_pool": _httpcore_pool,
+    "long_body_1m": _long_body_1m,
     "checkpoint_every_part": _checkpoint_every_part,
 }
 

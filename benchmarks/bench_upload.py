@@ -474,6 +474,7 @@ ABLATION_LARGE: Rows = [
 ]
 ABLATION_PUT: Rows = [
     ("as shipped", ()),
+    ("with 1 MiB reads", ("long_body_1m",)),
     ("without thread-per-request file sends", ("no_wire",)),
 ]
 ABLATION_SMALL: Rows = [
