@@ -81,9 +81,17 @@ class Measured:
 
 
 def run_rounds(cases: Sequence[Case], rounds: int, *, log: Callable[[str], None] = print,
-               ) -> dict[str, Measured]:
-    """Run every case once per round, rotating the order each round (interleaved)."""
+               warmup: bool = False) -> dict[str, Measured]:
+    """Run every case once per round, rotating the order each round (interleaved).
+
+    ``warmup``: first run every case once, unrecorded (e.g. so that a server has reached
+    its steady state: connections, heap, files to reuse).
+    """
     results = {c.name: Measured(c, []) for c in cases}
+    if warmup:
+        for case in cases:
+            run = case.fn()
+            log(f"  warm-up    {case.name:<46} {run.wall:7.3f} s  cpu {run.cpu:6.3f} s")
     for r in range(rounds):
         order = list(cases[r % len(cases):]) + list(cases[: r % len(cases)]) if cases else []
         for case in order:
