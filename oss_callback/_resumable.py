@@ -71,10 +71,10 @@ MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
 #: Defaults chosen from the scaling table in ``benchmarks/RESULTS.md`` (1 GiB into the
 #: nginx sink, 2 cores): 1 MiB parts are 2-3x slower (per-request cost); every 8 and 32 MiB
-#: cell lies within 0.6-1.0 s, run-to-run noise included, and 8 MiB re-sends 4x less than
+#: cell lies within 0.45-0.95 s, run-to-run noise included, and 8 MiB re-sends 4x less than
 #: 32 MiB when a part is retried or resumed. On loopback one stream already saturates the
 #: two cores, so concurrency shows no gain there; 4 in flight hide the per-request latency
-#: of real links (tens of ms per OSS round trip). A part in flight holds a 1 MiB buffer.
+#: of real links (tens of ms per OSS round trip). A part in flight holds a 1 MiB buffer at most.
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 256
