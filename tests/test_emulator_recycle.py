@@ -140,11 +140,13 @@ def test_spares_expire_and_are_capped(emu: OSSEmulator, monkeypatch: pytest.Monk
     assert _spares(emu) == []
 
 
-def test_spares_are_cleared_on_restart_and_reset(tmp_path: Path) -> None:
+def test_spares_are_cleared_on_stop_restart_and_reset(tmp_path: Path) -> None:
     with OSSEmulator(data_dir=tmp_path, buckets=[B]) as emulator:
         _put(emulator, "k", os.urandom(MiB))
         _put(emulator, "k", os.urandom(MiB))
         assert len(_spares(emulator)) == 1
+    assert list((tmp_path / "spare").iterdir()) == []  # stopping deleted it
+    (tmp_path / "spare" / "left-by-a-crash").write_bytes(b"x" * MiB)
     with OSSEmulator(data_dir=tmp_path) as emulator:
         assert _spares(emulator) == []
         _put(emulator, "k", os.urandom(MiB))

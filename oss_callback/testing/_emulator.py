@@ -332,6 +332,8 @@ class OSSEmulator:
             self._sock.close()
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+        elif self._app is not None:
+            self._app.store.drop_spares()  # a data dir that stays: no dead bytes left in it
         self._state = "stopped"
 
     def __enter__(self) -> OSSEmulator:
