@@ -5,6 +5,8 @@ object is overwritten or deleted, and the allocator tuning of the emulator comma
 from __future__ import annotations
 
 import os
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -273,3 +275,71 @@ def test_keep_heap(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("glibc only")
     # It changes this process's malloc settings: only thresholds, no behaviour to undo.
     assert keep_heap() is True
+
+
+def test_concurrent_reads_never_see_mixed_or_recycled_bytes(emu: OSSEmulator) -> None:
+    # A writer overwrites and deletes one key (every body can take a recycled file) while
+    # slow readers stream it: each GET must be a 404 or exactly one version, never a mix.
+    versions = [os.urandom(8 * MiB + n) for n in range(3)]
+    known = {len(v): v for v in versions}
+    stop = threading.Event()
+    errors: list[str] = []
+    seen = {"ok": 0, "missing": 0}
+
+    def writer() -> None:
+        n = 0
+        with httpx.Client(trust_env=False, timeout=30) as http:
+            while not stop.is_set():
+                n += 1
+                if n % 5 == 0:
+                    oss_request(emu, "DELETE", B, "hot", client=http)
+                else:
+                    r = oss_request(emu, "PUT", B, "hot", body=versions[n % 3], client=http)
+                    if r.status_code != 200:
+                        errors.append(f"PUT {r.status_code}")
+
+    def reader() -> None:
+        with httpx.Client(trust_env=False, timeout=30) as http:
+            while not stop.is_set():
+                headers: dict[str, str] = {}
+                creds = Credentials(
+                    access_key_id=emu.access_key_id, access_key_secret=emu.access_key_secret
+                )
+                now = datetime.now(timezone.utc)
+                sign_v4("GET", B, "hot", [], headers, creds, now, emu.region)
+                url = f"{emu.endpoint}/{B}/hot"
+                try:
+                    with http.stream("GET", url, headers=headers) as response:
+                        if response.status_code == 404:
+                            seen["missing"] += 1
+                            continue
+                        body = []
+                        for chunk in response.iter_raw(64 * 1024):
+                            body.append(chunk)  # slowly: the server reads the file meanwhile
+                            time.sleep(0.0005)
+                except httpx.HTTPError as exc:  # e.g. a body cut short
+                    errors.append(f"GET failed: {exc!r}")
+                    continue
+                data = b"".join(body)
+                if response.status_code != 200 or known.get(len(data)) != data:
+                    diag = []
+                    for i in range(0, len(data), MiB):
+                        piece = data[i : i + MiB]
+                        src = [k for k, v in enumerate(versions) if v[i : i + MiB] == piece]
+                        diag.append(src[0] if src else "?")
+                    errors.append(f"GET {response.status_code}, {len(data)} bytes, MiBs: {diag}")
+                else:
+                    seen["ok"] += 1
+
+    threads = [threading.Thread(target=writer)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(4)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert seen["ok"] > 5  # the readers really raced the writer
+    assert _store_of(emu)._readers == {}  # every lease was released
+    assert list((emu.data_dir / "tmp").iterdir()) == []
