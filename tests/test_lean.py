@@ -22,6 +22,7 @@ import httpx
 import psutil
 import pytest
 from counting_server import CountingServer
+from tls_helpers import self_signed
 
 from oss_callback._credentials import Credentials
 from oss_callback._endpoint import encode_key
@@ -909,44 +910,8 @@ async def test_partly_read_response_closes_its_connection(server: Server) -> Non
 # -- https -------------------------------------------------------------------------------------
 
 
-def _self_signed() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting it) for 127.0.0.1."""
-    import ipaddress
-    import tempfile
-    from pathlib import Path
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "cert.pem").write_bytes(cert_pem)
-        Path(tmp, "key.pem").write_bytes(key_pem)
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ctx.load_cert_chain(Path(tmp, "cert.pem"), Path(tmp, "key.pem"))
-    client_ctx = ssl.create_default_context(cadata=cert_pem.decode())
-    return server_ctx, client_ctx
-
-
 async def test_https_verified_streamed_and_reused() -> None:
-    server_ctx, client_ctx = _self_signed()
+    server_ctx, client_ctx = self_signed()
     async with Server(ssl_context=server_ctx) as server:
         async with lean(ssl_context=client_ctx) as http:
             for i in range(5):

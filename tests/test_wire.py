@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from tls_helpers import self_signed
 
 from oss_callback import (
     AsyncBucket,
@@ -335,9 +336,7 @@ async def test_a_file_changed_mid_upload_fails_before_its_last_byte(
 
 
 async def test_tls_certificates_are_verified(serve: Any, src: Path) -> None:
-    from test_pool import _self_signed
-
-    server_ctx, client_ctx = _self_signed()
+    server_ctx, client_ctx = self_signed()
 
     def handler(conn: socket.socket, _: int) -> None:
         while (req := _read_request(conn)) is not None:
