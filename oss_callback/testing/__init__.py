@@ -1,8 +1,9 @@
 """A local Alibaba Cloud OSS emulator for tests, demos and benchmarks.
 
 ``OSSEmulator`` runs a real HTTP server on 127.0.0.1 that speaks OSS's protocol: strict
-V1/V4/STS authentication, streamed on-disk objects with MD5/CRC-64, multipart uploads, and
-upload callbacks signed with its own RSA key.  Tests steer it with fault rules
+V1/V4/STS authentication, streamed on-disk objects with MD5/CRC-64, multipart uploads,
+browser form uploads (PostObject, with a signed POST policy), and upload callbacks signed
+with its own RSA key.  Tests steer it with fault rules
 (``emu.faults.add(...)``) and inspect what it saw (``emu.requests``, ``emu.callbacks``).
 
 The pytest plugin (installed with the package) provides the fixtures ``oss_emulator``

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import ipaddress
 import itertools
+import json
 import logging
 import mimetypes
 import os
@@ -37,10 +38,11 @@ from xml.sax.saxutils import escape
 import attrs
 import httpx
 
-from ._auth import CredentialStore, RequestView, authenticate
+from ._auth import CredentialStore, RequestView, authenticate, authenticate_post
 from ._callbacks import CallbackConfig, parse_callback, public_key_pem, render_body, send_callback
 from ._errors import OSSErrorResponse, error_xml, x_oss_err
 from ._faults import Fault, FaultInjector, RequestInfo
+from ._post import FormReader, boundary_of, check_policy
 from ._records import CallbackRecord, RequestRecord
 from ._store import (
     BodySink,
@@ -291,6 +293,8 @@ def operation_of(
             return "DeleteBucket"
         if method == "POST" and "delete" in q:
             return "DeleteMultipleObjects"
+        if method == "POST" and not q:
+            return "PostObject"  # a form upload (checked to be multipart/form-data)
         if "uploads" in q or "uploadId" in q or "partNumber" in q:
             return "EmptyObjectName"  # an object operation without an object name
         return "Unsupported"
@@ -538,17 +542,18 @@ class EmulatorApp:
                 headers=[("Content-Type", "application/x-pem-file")],
                 body=self._public_key_pem,
             )
-        authenticate(
-            RequestView(
-                method=req.method,
-                bucket=req.bucket,
-                key=req.key,
-                query=req.query,
-                headers=req.headers,
-            ),
-            self.credentials,
-            region=self.region,
-        )
+        if req.operation != "PostObject":  # a form carries its own signature
+            authenticate(
+                RequestView(
+                    method=req.method,
+                    bucket=req.bucket,
+                    key=req.key,
+                    query=req.query,
+                    headers=req.headers,
+                ),
+                self.credentials,
+                region=self.region,
+            )
         fired.extend(
             self.faults.match(
                 RequestInfo(
@@ -1182,6 +1187,94 @@ class EmulatorApp:
         if content_md5 is not None:
             headers.append(("Content-MD5", content_md5))
         return await self._finish_upload(req, obj, config, headers, b"", None)
+
+    async def _op_PostObject(self, req: Request) -> Response:
+        """A browser form upload: fields, a signed policy, then the file (streamed)."""
+        bucket = req.bucket
+        assert bucket is not None
+        form = FormReader(req.body_chunks(), boundary_of(req.headers.get("content-type", "")))
+        try:
+            fields = await form.fields()
+            authenticate_post(fields, self.credentials, region=self.region)
+            length_range = check_policy(fields["policy"], fields, bucket)
+            key = fields.get("key", "")
+            if not key:
+                raise _invalid_argument("The key form field is missing or empty.", "key", "")
+            key = key.replace("${filename}", form.filename or "")
+            self._check_key(key)
+            variables = {k: v for k, v in fields.items() if k.startswith("x:")}
+            config = parse_callback(
+                fields.get("callback"),
+                base64.b64encode(json.dumps(variables).encode()).decode()
+                if variables and "callback" in fields
+                else None,
+                None,
+                None,
+            )
+        except OSSErrorResponse:
+            await req.drain()
+            raise
+        given = {
+            k: v for k, v in fields.items() if k in _STORED_HEADERS or k.startswith("x-oss-meta-")
+        }
+        if "content-type" in fields or form.file_content_type:
+            given["content-type"] = fields.get("content-type") or form.file_content_type or ""
+        content_type, metadata, stored = self._upload_metadata(key, given)
+        declared = req.headers.get("content-length", "")
+        sink = BodySink(
+            self.store.temp_path(int(declared) if declared.isdigit() else None),
+            md5=self.etag_mode == "md5",
+        )
+        try:
+            async for chunk in form.file_chunks():
+                await sink.write(chunk)
+            size, md5, crc = await sink.finish()
+        except BaseException:
+            await sink.abort()
+            raise
+        if length_range is not None and not length_range[0] <= size <= length_range[1]:
+            sink.path.unlink(missing_ok=True)
+            small = size < length_range[0]
+            low, high = length_range
+            bound = ("MinSizeAllowed", low) if small else ("MaxSizeAllowed", high)
+            raise OSSErrorResponse(
+                400,
+                "EntityTooSmall" if small else "EntityTooLarge",
+                f"Your proposed upload is {'smaller' if small else 'larger'} than the policy's "
+                "content-length-range allows.",
+                [("ProposedSize", str(size)), (bound[0], str(bound[1]))],
+            )
+        content_md5 = base64.b64encode(md5).decode() if md5 is not None else None
+        obj = self.store.commit_object(
+            bucket=bucket,
+            key=key,
+            temp=sink.path,
+            size=size,
+            etag=self._etag_digest(md5, crc, size).hex().upper(),
+            crc=crc,
+            content_md5=content_md5,
+            content_type=content_type,
+            metadata=metadata,
+            headers=stored,
+            object_type="Normal",
+        )
+        headers = [("ETag", _quote_etag(obj.etag)), ("x-oss-hash-crc64ecma", str(crc))]
+        if config is not None:
+            return await self._finish_upload(req, obj, config, headers, b"", None)
+        status = fields.get("success_action_status", "")
+        if status == "200":
+            return Response(status=200, headers=headers)
+        if status == "201":
+            location = f"{self.endpoint}/{bucket}/{quote(key)}"
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<PostResponse>'
+                f"<Bucket>{escape(bucket)}</Bucket><Location>{escape(location)}</Location>"
+                f"<Key>{escape(key)}</Key><ETag>{escape(_quote_etag(obj.etag))}</ETag>"
+                "</PostResponse>"
+            ).encode()
+            headers.append(("Content-Type", "application/xml"))
+            return Response(status=201, headers=headers, body=body)
+        return Response(status=204, headers=headers)
 
     def _object_headers(self, obj: StoredObject) -> list[tuple[str, str]]:
         headers = [

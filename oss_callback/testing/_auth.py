@@ -27,7 +27,7 @@ from .._signing import (
 )
 from ._errors import OSSErrorResponse
 
-__all__ = ["CredentialStore", "RequestView", "authenticate"]
+__all__ = ["CredentialStore", "RequestView", "authenticate", "authenticate_post"]
 
 MAX_SKEW_SECONDS = 15 * 60
 
@@ -352,3 +352,85 @@ def authenticate(
         )
 
     raise _denied("You have no right to access this object because of bucket acl.")
+
+
+def authenticate_post(fields: Mapping[str, str], store: CredentialStore, *, region: str) -> str:
+    """Check a PostObject form's signature over its ``policy``; return the access key id.
+
+    V1: ``OSSAccessKeyId`` and ``Signature`` = Base64(HMAC-SHA1(secret, policy)). V4:
+    ``x-oss-signature-version`` = ``OSS4-HMAC-SHA256``, ``x-oss-credential``,
+    ``x-oss-date`` and ``x-oss-signature`` = hex(HMAC-SHA256(V4 signing key, policy)).
+    ``fields`` has lower-cased names. An STS key needs ``x-oss-security-token``.
+
+    Raises:
+        OSSErrorResponse: 403 ``AccessDenied`` (no policy: buckets are private),
+            ``InvalidAccessKeyId``, ``SignatureDoesNotMatch``; 400 ``InvalidArgument`` for a
+            missing or malformed signature field.
+    """
+    policy = fields.get("policy")
+    if not policy:
+        raise _denied("You have no right to access this object because of bucket acl.")
+
+    def required(name: str) -> str:
+        value = fields.get(name.lower(), "")
+        if not value:
+            raise OSSErrorResponse(
+                400,
+                "InvalidArgument",
+                f"The {name} form field is missing or empty.",
+                [("ArgumentName", name)],
+            )
+        return value
+
+    version = fields.get("x-oss-signature-version")
+    if version is None:
+        access_key_id = required("OSSAccessKeyId")
+        provided = required("Signature")
+        key = _lookup(store, access_key_id)
+        _check_token(access_key_id, key, fields, {})
+        expected = v1_signature(key.secret, policy)
+    else:
+        if version != V4_ALGORITHM:
+            raise OSSErrorResponse(
+                400,
+                "InvalidArgument",
+                f"Unsupported x-oss-signature-version {version!r}: use {V4_ALGORITHM}.",
+                [("ArgumentName", "x-oss-signature-version")],
+            )
+        credential = required("x-oss-credential")
+        x_oss_date = required("x-oss-date")
+        provided = required("x-oss-signature").lower()
+        parts = credential.split("/")
+        if len(parts) != 5 or parts[3] != "oss" or parts[4] != "aliyun_v4_request":
+            raise OSSErrorResponse(
+                400,
+                "InvalidArgument",
+                "x-oss-credential should be <AccessKeyId>/<date>/<region>/oss/aliyun_v4_request.",
+                [("ArgumentName", "x-oss-credential"), ("ArgumentValue", credential)],
+            )
+        access_key_id, date, scope_region = parts[0], parts[1], parts[2]
+        key = _lookup(store, access_key_id)
+        _check_token(access_key_id, key, fields, {})
+        if scope_region != region:
+            raise _denied(
+                f"The x-oss-credential scope says region {scope_region!r} but this "
+                f"endpoint's region is {region!r}.",
+                "SignatureDoesNotMatch",
+                ("OSSAccessKeyId", access_key_id),
+            )
+        if date != x_oss_date[:8]:
+            raise _denied(
+                f"The date {date!r} in x-oss-credential does not match x-oss-date "
+                f"{x_oss_date!r}.",
+                "SignatureDoesNotMatch",
+                ("OSSAccessKeyId", access_key_id),
+            )
+        expected = v4_signature(key.secret, date, region, policy, "oss")
+    if not hmac.compare_digest(expected.encode(), provided.encode()):
+        raise _denied(
+            "The request signature we calculated does not match the signature you provided.",
+            "SignatureDoesNotMatch",
+            ("OSSAccessKeyId", access_key_id),
+            ("StringToSign", policy),
+        )
+    return access_key_id
