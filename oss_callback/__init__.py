@@ -27,6 +27,7 @@ from ._models import (
     PutObjectResult,
     UploadPartResult,
 )
+from ._post_policy import PostPolicy
 from ._retry import RetryPolicy
 from ._sync import Bucket, Client
 from ._version import __version__
@@ -48,6 +49,7 @@ __all__ = [
     "ListPartsResult",
     "OSSError",
     "PartInfo",
+    "PostPolicy",
     "PutObjectResult",
     "RequestError",
     "ResponseError",

@@ -40,6 +40,7 @@ from ._models import (
     PutObjectResult,
     UploadPartResult,
 )
+from ._post_policy import PostPolicy, build_post_policy
 from ._retry import RetryPolicy
 from ._wire import WirePool
 from ._xml import complete_body, parse_xml, strip_etag
@@ -463,6 +464,49 @@ class AsyncBucket:
                 return False
             raise
         return True
+
+    def sign_post_policy(
+        self,
+        key: str | None = None,
+        *,
+        key_prefix: str | None = None,
+        expires: float = 3600,
+        callback: Callback | None = None,
+        min_size: int = 0,
+        max_size: int | None = None,
+        content_type: str | None = None,
+        success_action_status: int | None = None,
+    ) -> PostPolicy:
+        """Sign a form upload for a browser (PostObject): no request is made.
+
+        The browser POSTs ``policy.fields`` and then the file, as the last field, named
+        ``file``, to ``policy.url`` (``multipart/form-data``). OSS rejects the upload if the
+        browser changes the key (or leaves ``key_prefix``), the callback or its variables,
+        the Content-Type, or sends a file outside ``min_size``..``max_size`` bytes.
+
+        Args:
+            key: the exact object key; or
+            key_prefix: a prefix: the browser's file name is appended (``${filename}``).
+            expires: seconds the policy stays valid (at most 7 days).
+            callback: OSS calls it after storing the file, as for :meth:`put_object`; the
+                browser receives the callback server's answer (or a 203 if it fails).
+            min_size: smallest file accepted, in bytes.
+            max_size: largest file accepted, in bytes (``None``: up to OSS's 5 GB).
+            content_type: the object's Content-Type (pinned in the policy).
+            success_action_status: what OSS answers without a callback: 204 (OSS's
+                default), 200, or 201 with an XML body.
+
+        Raises:
+            ValueError: both or neither of ``key``/``key_prefix``, a bad ``expires``,
+                size range or status.
+        """
+        if key is not None:
+            validate_key(key)
+        return build_post_policy(
+            self._session, self.name, key=key, key_prefix=key_prefix, expires=expires,
+            callback=callback, min_size=min_size, max_size=max_size,
+            content_type=content_type, success_action_status=success_action_status,
+        )
 
     async def delete_object(self, key: str) -> None:
         """Delete an object (no error if it doesn't exist, as OSS does)."""

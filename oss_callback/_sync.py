@@ -51,6 +51,7 @@ from ._models import (
     PutObjectResult,
     UploadPartResult,
 )
+from ._post_policy import PostPolicy
 from ._retry import RetryPolicy
 
 __all__ = ["Bucket", "Client"]
@@ -521,6 +522,25 @@ class Bucket:
     @_same_doc(AsyncBucket.object_exists)
     def object_exists(self, key: str) -> bool:
         return self._portal.call("object_exists", self._async.object_exists, key)
+
+    @_same_doc(AsyncBucket.sign_post_policy)
+    def sign_post_policy(
+        self,
+        key: str | None = None,
+        *,
+        key_prefix: str | None = None,
+        expires: float = 3600,
+        callback: Callback | None = None,
+        min_size: int = 0,
+        max_size: int | None = None,
+        content_type: str | None = None,
+        success_action_status: int | None = None,
+    ) -> PostPolicy:
+        return self._async.sign_post_policy(  # no I/O: no trip through the event loop
+            key, key_prefix=key_prefix, expires=expires, callback=callback,
+            min_size=min_size, max_size=max_size, content_type=content_type,
+            success_action_status=success_action_status,
+        )
 
     @_same_doc(AsyncBucket.delete_object)
     def delete_object(self, key: str) -> None:

@@ -13,7 +13,7 @@ EXPECTED = {
     "AsyncBucket", "AsyncClient", "Bucket", "Callback", "CallbackError", "CheckpointError",
     "Client", "ClientError", "Credentials", "FileChangedError", "HeadObjectResult",
     "InconsistentError", "InitiateMultipartUploadResult", "ListPartsResult", "OSSError",
-    "PartInfo", "PutObjectResult", "RequestError", "ResponseError", "RetryPolicy",
+    "PartInfo", "PostPolicy", "PutObjectResult", "RequestError", "ResponseError", "RetryPolicy",
     "ServiceError", "UploadPartResult", "__version__",
 }
 

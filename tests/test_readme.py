@@ -46,7 +46,7 @@ def run_script(code: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(python_blocks()) == 4
+    assert len(python_blocks()) == 5
     text = README.read_text()
     assert "oss-callback demo" in text and "bash .ci/run" in text
 
@@ -116,3 +116,23 @@ def test_emulator_fixture_example(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+def test_browser_upload_example(oss_emulator: Any, callback_receiver: Any, tmp_path: Path) -> None:
+    import json
+
+    import httpx
+
+    oss_emulator.create_bucket("examplebucket")
+    code = block("sign_post_policy").replace(CLOUD_ENDPOINT, oss_emulator.endpoint).replace(
+        "https://app.example.com/oss-callback", callback_receiver.url + "/oss-callback")
+    code = code.replace("print(policy.url, list(policy.fields))",
+                        "import json; print(json.dumps([policy.url, dict(policy.fields)]))")
+    url, fields = json.loads(run_script(code, tmp_path, emu_env(oss_emulator)))
+    with httpx.Client(trust_env=False, timeout=30) as http:  # the browser's form
+        r = http.post(url, data=fields, files={"file": ("me.jpg", b"jpeg bytes")})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"Status": "OK"}
+    (received,) = callback_receiver.wait_for(1)
+    assert form_fields(received.body) == {
+        "object": "uploads/user-42/me.jpg", "size": "10", "user": "42"}
