@@ -793,27 +793,35 @@ class EmulatorApp:
         whenever the client sent ``Content-MD5``; otherwise (``etag="fast"``) it is ``None``.
         """
         want_md5 = self.etag_mode == "md5" or expected_md5 is not None
-        sink = BodySink(self.store.temp_path(declared), md5=want_md5)
-        try:
-            async for chunk in req.body_chunks():
-                await sink.write(chunk)
-            size, md5, crc = await sink.finish()
-        except BaseException:
-            await sink.abort()
-            raise
+        path, size, md5, crc = await self._sink(req.body_chunks(), declared, want_md5)
         if declared is not None and size != declared:
-            sink.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise OSSErrorResponse(
                 400, "IncompleteBody", "You did not provide the number of bytes specified."
             )
         if expected_md5 is not None and md5 != expected_md5:
-            sink.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise OSSErrorResponse(
                 400,
                 "InvalidDigest",
                 "The Content-MD5 you specified was invalid.",
                 [("Content-MD5", base64.b64encode(expected_md5).decode())],
             )
+        return path, size, md5, crc
+
+    async def _sink(
+        self, chunks: AsyncIterator[bytes], size_hint: int | None, want_md5: bool
+    ) -> tuple[Path, int, bytes | None, int]:
+        """Stream ``chunks`` to a temp file: ``(path, size, md5 or None, crc)``; on any
+        failure the file is deleted."""
+        sink = BodySink(self.store.temp_path(size_hint), md5=want_md5)
+        try:
+            async for chunk in chunks:
+                await sink.write(chunk)
+            size, md5, crc = await sink.finish()
+        except BaseException:
+            await sink.abort()
+            raise
         return sink.path, size, md5, crc
 
     @staticmethod
@@ -1169,7 +1177,25 @@ class EmulatorApp:
         self._check_overwrite(req, bucket, key)
         content_type, metadata, stored = self._upload_metadata(key, req.headers)
         temp, size, md5, crc = await self._receive_body(req, expected_md5, declared)
-        content_md5 = base64.b64encode(md5).decode() if md5 is not None else None
+        obj, headers = self._commit_normal(
+            bucket, key, temp, size, md5, crc, (content_type, metadata, stored)
+        )
+        if obj.content_md5 is not None:
+            headers.append(("Content-MD5", obj.content_md5))
+        return await self._finish_upload(req, obj, config, headers, b"", None)
+
+    def _commit_normal(
+        self,
+        bucket: str,
+        key: str,
+        temp: Path,
+        size: int,
+        md5: bytes | None,
+        crc: int,
+        meta: tuple[str, dict[str, str], dict[str, str]],
+    ) -> tuple[StoredObject, list[tuple[str, str]]]:
+        """Store a received body as a Normal object; returns it and its ETag/CRC headers."""
+        content_type, metadata, stored = meta
         obj = self.store.commit_object(
             bucket=bucket,
             key=key,
@@ -1177,16 +1203,13 @@ class EmulatorApp:
             size=size,
             etag=self._etag_digest(md5, crc, size).hex().upper(),
             crc=crc,
-            content_md5=content_md5,
+            content_md5=base64.b64encode(md5).decode() if md5 is not None else None,
             content_type=content_type,
             metadata=metadata,
             headers=stored,
             object_type="Normal",
         )
-        headers = [("ETag", _quote_etag(obj.etag)), ("x-oss-hash-crc64ecma", str(crc))]
-        if content_md5 is not None:
-            headers.append(("Content-MD5", content_md5))
-        return await self._finish_upload(req, obj, config, headers, b"", None)
+        return obj, [("ETag", _quote_etag(obj.etag)), ("x-oss-hash-crc64ecma", str(crc))]
 
     async def _op_PostObject(self, req: Request) -> Response:
         """A browser form upload: fields, a signed policy, then the file (streamed)."""
@@ -1221,19 +1244,12 @@ class EmulatorApp:
             given["content-type"] = fields.get("content-type") or form.file_content_type or ""
         content_type, metadata, stored = self._upload_metadata(key, given)
         declared = req.headers.get("content-length", "")
-        sink = BodySink(
-            self.store.temp_path(int(declared) if declared.isdigit() else None),
-            md5=self.etag_mode == "md5",
+        path, size, md5, crc = await self._sink(
+            form.file_chunks(), int(declared) if declared.isdigit() else None,
+            self.etag_mode == "md5",
         )
-        try:
-            async for chunk in form.file_chunks():
-                await sink.write(chunk)
-            size, md5, crc = await sink.finish()
-        except BaseException:
-            await sink.abort()
-            raise
         if length_range is not None and not length_range[0] <= size <= length_range[1]:
-            sink.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             small = size < length_range[0]
             low, high = length_range
             bound = ("MinSizeAllowed", low) if small else ("MaxSizeAllowed", high)
@@ -1244,21 +1260,9 @@ class EmulatorApp:
                 "content-length-range allows.",
                 [("ProposedSize", str(size)), (bound[0], str(bound[1]))],
             )
-        content_md5 = base64.b64encode(md5).decode() if md5 is not None else None
-        obj = self.store.commit_object(
-            bucket=bucket,
-            key=key,
-            temp=sink.path,
-            size=size,
-            etag=self._etag_digest(md5, crc, size).hex().upper(),
-            crc=crc,
-            content_md5=content_md5,
-            content_type=content_type,
-            metadata=metadata,
-            headers=stored,
-            object_type="Normal",
+        obj, headers = self._commit_normal(
+            bucket, key, path, size, md5, crc, (content_type, metadata, stored)
         )
-        headers = [("ETag", _quote_etag(obj.etag)), ("x-oss-hash-crc64ecma", str(crc))]
         if config is not None:
             return await self._finish_upload(req, obj, config, headers, b"", None)
         status = fields.get("success_action_status", "")

@@ -191,6 +191,31 @@ def _verify_v1(
     return access_key_id
 
 
+def _check_scope(
+    access_key_id: str,
+    scope_region: str,
+    product: str,
+    date: str,
+    x_oss_date: str,
+    region: str,
+    where: str,
+) -> None:
+    """A V4 credential scope must name this region, ``oss``, and the day of x-oss-date."""
+    if scope_region != region or product != "oss":
+        raise _denied(
+            f"Invalid signing region in {where}: the scope says region {scope_region!r} "
+            f"(product {product!r}) but this endpoint's region is {region!r}.",
+            "SignatureDoesNotMatch",
+            ("OSSAccessKeyId", access_key_id),
+        )
+    if date != x_oss_date[:8]:
+        raise _denied(
+            f"The date {date!r} in the {where} scope does not match x-oss-date {x_oss_date!r}.",
+            "SignatureDoesNotMatch",
+            ("OSSAccessKeyId", access_key_id),
+        )
+
+
 def _verify_v4(
     req: RequestView,
     store: CredentialStore,
@@ -214,19 +239,7 @@ def _verify_v4(
     access_key_id, date, scope_region, product, _ = fields
     key = _lookup(store, access_key_id)
     _check_token(access_key_id, key, req.headers, query)
-    if scope_region != region or product != "oss":
-        raise _denied(
-            f"Invalid signing region in Authorization header: the scope says region "
-            f"{scope_region!r} (product {product!r}) but this endpoint's region is {region!r}.",
-            "SignatureDoesNotMatch",
-            ("OSSAccessKeyId", access_key_id),
-        )
-    if date != x_oss_date[:8]:
-        raise _denied(
-            f"The date {date!r} in the Credential scope does not match x-oss-date {x_oss_date!r}.",
-            "SignatureDoesNotMatch",
-            ("OSSAccessKeyId", access_key_id),
-        )
+    _check_scope(access_key_id, scope_region, product, date, x_oss_date, region, "Credential")
     canonical = v4_canonical_request(
         req.method, req.bucket, req.key, query_pairs, req.headers, additional
     )
@@ -411,20 +424,8 @@ def authenticate_post(fields: Mapping[str, str], store: CredentialStore, *, regi
         access_key_id, date, scope_region = parts[0], parts[1], parts[2]
         key = _lookup(store, access_key_id)
         _check_token(access_key_id, key, fields, {})
-        if scope_region != region:
-            raise _denied(
-                f"The x-oss-credential scope says region {scope_region!r} but this "
-                f"endpoint's region is {region!r}.",
-                "SignatureDoesNotMatch",
-                ("OSSAccessKeyId", access_key_id),
-            )
-        if date != x_oss_date[:8]:
-            raise _denied(
-                f"The date {date!r} in x-oss-credential does not match x-oss-date "
-                f"{x_oss_date!r}.",
-                "SignatureDoesNotMatch",
-                ("OSSAccessKeyId", access_key_id),
-            )
+        _check_scope(access_key_id, scope_region, "oss", date, x_oss_date, region,
+                     "x-oss-credential")
         expected = v4_signature(key.secret, date, region, policy, "oss")
     if not hmac.compare_digest(expected.encode(), provided.encode()):
         raise _denied(
