@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -75,3 +76,17 @@ class CountingServer:
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port nobody listens on (bound, so that nobody else takes it meanwhile): connecting
+    to it is refused."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()

@@ -21,7 +21,7 @@ import anyio
 import httpx
 import psutil
 import pytest
-from counting_server import CountingServer
+from counting_server import CountingServer, refusing_port
 from tls_helpers import self_signed
 
 from oss_callback._credentials import Credentials
@@ -634,26 +634,13 @@ async def test_close_mid_body(server: Server) -> None:
 
 
 async def test_connect_error() -> None:
-    with socket_bound() as port:
+    with refusing_port() as port:
         async with lean() as http:
             request = httpx.Request("GET", f"http://127.0.0.1:{port}/")
             with pytest.raises(httpx.ConnectError) as info:
                 await http.send(request)
             assert info.value.request is request
             assert http.num_connections == 0
-
-
-@contextlib.contextmanager
-def socket_bound() -> Any:
-    """A port nobody listens on (bound, so that nobody else takes it meanwhile)."""
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 async def test_connect_timeout_covers_tls_handshake() -> None:

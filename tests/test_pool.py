@@ -18,7 +18,7 @@ import h11
 import httpx
 import psutil
 import pytest
-from counting_server import CountingServer
+from counting_server import CountingServer, refusing_port
 from tls_helpers import self_signed
 
 from oss_callback import AsyncClient
@@ -299,25 +299,13 @@ async def test_cancel_waiting_for_response_frees_slot(server: Server) -> None:
 
 
 async def test_connect_error_frees_slot() -> None:
-    with socket_on_free_port() as port:  # bound, not listening: refused
+    with refusing_port() as port:  # bound, not listening: refused
         client, pool = make_client(1)
         async with client:
             for _ in range(3):
                 with pytest.raises(httpx.ConnectError):
                     await client.get(f"http://127.0.0.1:{port}/")
             assert pool.num_connections == 0
-
-
-@contextlib.contextmanager
-def socket_on_free_port() -> Any:
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 async def test_cancelled_waiter_does_not_leak_a_slot(server: Server) -> None:

@@ -67,9 +67,9 @@ def _read_request(conn: socket.socket) -> tuple[bytes, int] | None:
 class RawServer:
     """A TCP server running ``handler(conn, index)`` per accepted connection in threads."""
 
-    def __init__(self, handler: Callable[[socket.socket, int], None],
+    def __init__(self, handler: Callable[[socket.socket, int], None] | None = None,
                  wrap: ssl.SSLContext | None = None) -> None:
-        self.handler = handler
+        self.handler = handler or self.answer_ok
         self.wrap = wrap
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -83,6 +83,12 @@ class RawServer:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def answer_ok(self, conn: socket.socket, _: int) -> None:
+        """The default handler: record each request's body size and answer 200."""
+        while (req := _read_request(conn)) is not None:
+            self.bodies.append(req[1])
+            conn.sendall(OK)
 
     def _serve(self) -> None:
         while not self._stop:
@@ -120,7 +126,8 @@ class RawServer:
 def serve() -> Iterator[Callable[..., RawServer]]:
     servers: list[RawServer] = []
 
-    def start(handler: Callable[[socket.socket, int], None], **kw: Any) -> RawServer:
+    def start(handler: Callable[[socket.socket, int], None] | None = None,
+              **kw: Any) -> RawServer:
         server = RawServer(handler, **kw)
         servers.append(server)
         return server
@@ -144,12 +151,7 @@ def src(tmp_path: Path) -> Path:
 
 
 async def test_keep_alive_connection_is_reused(serve: Any, src: Path) -> None:
-    def handler(conn: socket.socket, _: int) -> None:
-        while (req := _read_request(conn)) is not None:
-            server.bodies.append(req[1])
-            conn.sendall(OK)
-
-    server = serve(handler)
+    server = serve()
     client, bucket = bucket_on(server.endpoint)
     async with client:
         for i in range(5):
@@ -338,12 +340,7 @@ async def test_a_file_changed_mid_upload_fails_before_its_last_byte(
 async def test_tls_certificates_are_verified(serve: Any, src: Path) -> None:
     server_ctx, client_ctx = self_signed()
 
-    def handler(conn: socket.socket, _: int) -> None:
-        while (req := _read_request(conn)) is not None:
-            server.bodies.append(req[1])
-            conn.sendall(OK)
-
-    server = serve(handler, wrap=server_ctx)
+    server = serve(wrap=server_ctx)
     endpoint = f"https://127.0.0.1:{server.port}"
     client, bucket = bucket_on(endpoint, retry=RetryPolicy(max_attempts=1))
     async with client:  # the default trust store does not know this certificate
@@ -377,12 +374,7 @@ async def test_a_custom_transport_sees_file_uploads(src: Path) -> None:
 async def test_default_client_sends_bytes_over_the_lean_pool_and_files_over_the_wire(
     serve: Any, src: Path
 ) -> None:
-    def handler(conn: socket.socket, _: int) -> None:
-        while (req := _read_request(conn)) is not None:
-            server.bodies.append(req[1])
-            conn.sendall(OK)
-
-    server = serve(handler)
+    server = serve()
     client, bucket = bucket_on(server.endpoint)
     async with client:
         lean, wire = client._session.lean, client._session.wire
