@@ -42,7 +42,7 @@ from ._auth import CredentialStore, RequestView, authenticate, authenticate_post
 from ._callbacks import CallbackConfig, parse_callback, public_key_pem, render_body, send_callback
 from ._errors import OSSErrorResponse, error_xml, x_oss_err
 from ._faults import Fault, FaultInjector, RequestInfo
-from ._post import FormReader, boundary_of, check_policy
+from ._post import MAX_FIELD_BYTES, FormReader, boundary_of, check_policy
 from ._records import CallbackRecord, RequestRecord
 from ._store import (
     BodySink,
@@ -69,6 +69,8 @@ ETAG_MODES = ("md5", "fast")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1023
 MAX_PUT_SIZE = 5 * 1024**3
+#: What a PostObject form may add to its file: the fields, boundaries and part headers.
+POST_FORM_OVERHEAD = MAX_FIELD_BYTES + 64 * 1024
 MIN_PART_SIZE = 100 * 1024
 MAX_PART_NUMBER = 10000
 MAX_COMPLETE_BODY = 4 * 1024 * 1024
@@ -1215,6 +1217,8 @@ class EmulatorApp:
         """A browser form upload: fields, a signed policy, then the file (streamed)."""
         bucket = req.bucket
         assert bucket is not None
+        # The file may be up to 5 GB, as for PutObject; the fields come on top.
+        declared = self._check_size(req.headers, MAX_PUT_SIZE + POST_FORM_OVERHEAD)
         form = FormReader(req.body_chunks(), boundary_of(req.headers.get("content-type", "")))
         try:
             fields = await form.fields()
@@ -1243,11 +1247,17 @@ class EmulatorApp:
         if "content-type" in fields or form.file_content_type:
             given["content-type"] = fields.get("content-type") or form.file_content_type or ""
         content_type, metadata, stored = self._upload_metadata(key, given)
-        declared = req.headers.get("content-length", "")
         path, size, md5, crc = await self._sink(
-            form.file_chunks(), int(declared) if declared.isdigit() else None,
-            self.etag_mode == "md5",
+            form.file_chunks(), declared, self.etag_mode == "md5"
         )
+        if size > MAX_PUT_SIZE:
+            path.unlink(missing_ok=True)
+            raise OSSErrorResponse(
+                400,
+                "EntityTooLarge",
+                "Your proposed upload exceeds the maximum allowed size.",
+                [("ProposedSize", str(size)), ("MaxSizeAllowed", str(MAX_PUT_SIZE))],
+            )
         if length_range is not None and not length_range[0] <= size <= length_range[1]:
             path.unlink(missing_ok=True)
             small = size < length_range[0]
