@@ -1,8 +1,11 @@
 """An OSS-shaped discarding sink: Debian's nginx, configured to answer like OSS and drop bodies.
 
-The sink measures the *client*: nginx reads and throws away every request body (its
-``return`` directive discards the body, reading it to the end) and answers with fixed,
-valid OSS responses:
+The sink measures the *client*. Like OSS, it reads each request body whole before it answers:
+a front server buffers the body (``proxy_request_buffering on``: in memory up to 1.1 GB,
+beyond that in a temp file on tmpfs) and only then asks an answering server on a Unix socket, which never sees
+the body (``proxy_pass_request_body off``). (nginx's ``return`` would answer first and
+discard the body afterwards, which flatters senders that stop at the answer.) The answers
+are fixed, valid OSS responses:
 
 * ``PUT /bucket/key`` (PutObject, UploadPart): ``200`` with an ``ETag``;
 * ``POST ?uploads`` (InitiateMultipartUpload): ``InitiateMultipartUploadResult`` XML;
@@ -13,9 +16,12 @@ valid OSS responses:
 No ``x-oss-hash-crc64ecma`` header is sent, so clients skip the comparison but still compute
 the CRC-64 of what they send (its cost is measured). Signatures are not checked.
 
+The same front also listens with TLS (:attr:`NginxSink.tls_endpoint`; a self-signed
+certificate for 127.0.0.1 in :attr:`NginxSink.ca_file`), nginx decrypting.
+
 nginx runs as a non-daemon child process (``master_process off``: the one process is the
-worker, so its CPU time is the sink's) with a private prefix in a temp directory, on a free
-port of 127.0.0.1. :func:`find_nginx` returns ``None`` when nginx is not installed; callers
+worker, so its CPU time is the sink's) with a private prefix in a temp directory, on free
+ports of 127.0.0.1. :func:`find_nginx` returns ``None`` when nginx is not installed; callers
 skip the sink benchmarks then (``apt-get install nginx-light``).
 
     with NginxSink() as sink:
@@ -38,6 +44,13 @@ __all__ = ["NginxSink", "find_nginx", "nginx_version"]
 
 SINK_ETAG = '"5B3C1D0A2E8F4A6B9C7D0E1F2A3B4C5D"'
 UPLOAD_ID = "0004B9894A22E5B1888A1E29F8236E2D"
+
+#: Bodies up to this size are buffered in nginx's memory; larger ones in a temp file on tmpfs.
+BODY_BUFFER = "1100m"
+#: glibc: never mmap (every buffer comes from the heap) and never give the heap back, so a
+#: buffer freed by one request is reused by the next instead of being faulted in afresh
+#: (fresh pages cost up to 2 CPU s/GiB in this VM, which made the sink the bottleneck).
+_MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 _XML = '<?xml version="1.0" encoding="UTF-8"?>\\n'
 _INITIATE = (
@@ -75,16 +88,23 @@ events {{
 http {{
     access_log off;
     server_tokens off;
-    client_body_temp_path {prefix}/body;
+    client_body_temp_path {body_temp};
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     client_max_body_size 0;
     client_body_in_file_only off;
+    client_body_buffer_size {body_buffer};
     keepalive_requests 10000000;
     keepalive_timeout 600s;
     default_type application/xml;
+
+    upstream answers {{
+        server unix:{prefix}/answers.sock;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
 
     map "$request_method $args" $oss_op {{
         default                                  other;
@@ -104,8 +124,30 @@ http {{
         "~^/[^/]+/(?<k>.+)$"        $k;
     }}
 
+    # The front: reads every request body to its end (request buffering: in memory up to
+    # {body_buffer}, beyond that into a temp file on tmpfs) and only then asks the answering server,
+    # which never sees the body. So no answer leaves before the last byte has arrived.
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+        ssl_certificate {prefix}/cert.pem;
+        ssl_certificate_key {prefix}/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:tls:1m;
+        location / {{
+            proxy_pass http://answers;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering on;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_buffering off;
+        }}
+    }}
+
+    # The answers: fixed, valid OSS responses by operation.
+    server {{
+        listen unix:{prefix}/answers.sock;
         location / {{
             add_header ETag '{etag}' always;
             add_header x-oss-request-id '5C3D9B7E1A2F4E6D8B0A1C3E' always;
@@ -119,6 +161,34 @@ http {{
     }}
 }}
 """
+
+
+def _write_self_signed(folder: Path) -> None:
+    """``cert.pem``/``key.pem``: a self-signed certificate for 127.0.0.1 (its own CA)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
 
 
 def find_nginx() -> str | None:
@@ -178,6 +248,8 @@ class NginxSink:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.tls_port = 0
+        self._body_temp: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -192,23 +264,44 @@ class NginxSink:
         """CPU time the sink process has used so far (nginx's only process is the worker)."""
         return _proc_cpu_seconds(self.pid)
 
-    def config(self, prefix: str, port: int) -> str:
+    @property
+    def tls_endpoint(self) -> str:
+        """The same sink over TLS (self-signed for 127.0.0.1: trust :attr:`ca_file`)."""
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> str:
+        """PEM of the TLS listener's self-signed certificate (``curl --cacert``, ``verify=``)."""
+        assert self._tmp is not None, "the sink is not running"
+        return os.path.join(self._tmp.name, "cert.pem")
+
+    def config(self, prefix: str, port: int, tls_port: int, body_temp: str) -> str:
         return _CONFIG.format(
-            prefix=prefix, port=port, etag=SINK_ETAG, initiate=_INITIATE, complete=_COMPLETE,
-            list_parts=_LIST_PARTS, list_uploads=_LIST_UPLOADS,
+            prefix=prefix, port=port, tls_port=tls_port, body_temp=body_temp,
+            body_buffer=BODY_BUFFER, etag=SINK_ETAG,
+            initiate=_INITIATE, complete=_COMPLETE, list_parts=_LIST_PARTS,
+            list_uploads=_LIST_UPLOADS,
         )
 
     def start(self) -> NginxSink:
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-nginx-")
         prefix = self._tmp.name
+        _write_self_signed(Path(prefix))
+        # Bodies over 1 MiB are buffered in a temp file: on tmpfs when there is one, so the
+        # sink measures the network path, not this machine's disk.
+        shm = Path("/dev/shm")
+        body_temp = (tempfile.mkdtemp(prefix="bench-nginx-body-", dir=shm)
+                     if shm.is_dir() and os.access(shm, os.W_OK) else f"{prefix}/body")
+        self._body_temp = body_temp
         last_error = ""
         for _ in range(5):
-            port = _free_port()
+            port, tls_port = _free_port(), _free_port()
             conf = Path(prefix) / "nginx.conf"
-            conf.write_text(self.config(prefix, port))
+            conf.write_text(self.config(prefix, port, tls_port, body_temp))
             proc = subprocess.Popen(
                 [self.binary, "-p", prefix, "-c", str(conf), "-e", f"{prefix}/error.log"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env={**os.environ, "GLIBC_TUNABLES": _MALLOC_TUNABLES},
             )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -216,7 +309,7 @@ class NginxSink:
                     break
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        self._proc, self.port = proc, port
+                        self._proc, self.port, self.tls_port = proc, port, tls_port
                         return self
                 except OSError:
                     time.sleep(0.02)
@@ -247,6 +340,9 @@ class NginxSink:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self._body_temp is not None:
+            shutil.rmtree(self._body_temp, ignore_errors=True)
+            self._body_temp = None
 
     def __enter__(self) -> NginxSink:
         return self.start()
@@ -266,7 +362,8 @@ if __name__ == "__main__":  # run the sink by hand: python -m benchmarks.nginx_s
     # SIGTERM (and SIGINT, ignored in background jobs) stop nginx through the with block.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with NginxSink() as sink:
-        print(f"nginx OSS sink listening on {sink.endpoint} (pid {sink.pid}); Ctrl-C stops it")
+        print(f"nginx OSS sink listening on {sink.endpoint} and {sink.tls_endpoint} "
+              f"(CA {sink.ca_file}; pid {sink.pid}); Ctrl-C stops it", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -7,7 +7,7 @@ import enum
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import IO, Any
 
@@ -21,6 +21,7 @@ from ._callback import Callback
 from ._crc64 import crc64, crc64_combine_many
 from ._credentials import Credentials
 from ._endpoint import Endpoint, validate_bucket_name, validate_key
+from ._engine import HttpEngine, build_http_client, check_user_http_client
 from ._errors import (
     CallbackError,
     InconsistentError,
@@ -29,9 +30,7 @@ from ._errors import (
     ServiceError,
     make_service_error,
 )
-from ._http import Session, parse_crc
-from ._lean import LeanHTTP
-from ._lean import usable as lean_usable
+from ._http import USER_AGENT, Session, parse_crc
 from ._models import (
     HeadObjectResult,
     InitiateMultipartUploadResult,
@@ -42,27 +41,13 @@ from ._models import (
 )
 from ._post_policy import PostPolicy, build_post_policy
 from ._retry import RetryPolicy
-from ._wire import WirePool
 from ._xml import complete_body, parse_xml, strip_etag
 
 __all__ = ["AsyncBucket", "AsyncClient"]
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=None)
 ENV_ENDPOINT = "OSS_ENDPOINT"
 ENV_REGION = "OSS_REGION"
-DEFAULT_MAX_CONNECTIONS = 64
 _SIGNATURE_VERSIONS = ("v1", "v4")
-
-
-def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """Our O(1) HTTP/1.1 pool (see ``_pool``); httpx's own if that can't load here."""
-    try:
-        from ._pool import FastHTTPTransport
-    except ImportError:  # pragma: no cover - a future httpx moved its private helpers
-        limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
-        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    return FastHTTPTransport(max_connections=max_connections, trust_env=False)
 
 
 class _State(enum.Enum):
@@ -71,13 +56,15 @@ class _State(enum.Enum):
 
 
 class AsyncClient:
-    """An async OSS client: connection pools shared by its buckets.
+    """An async OSS client: one :class:`httpx.AsyncClient` shared by its buckets.
 
-    Requests are signed, retried and checked (CRC-64) the same way whichever way they go
-    out: file uploads (``file=``, resumable parts) are sent from a worker thread each, over
-    blocking keep-alive connections (one thread hop per request); on asyncio everything else
-    goes over a lean HTTP/1.1 pool parsed by httptools; on other event loops, or with a
-    custom ``transport``, over :class:`httpx.AsyncClient` (all requests, files included).
+    Every request (uploads, parts, downloads, everything) goes through that one httpx client,
+    so HTTP is configured as in httpx, in one place: pass your own with ``http_client=``
+    (proxies, ``verify``, client certificates, limits, event hooks, a transport), or let
+    the SDK build one. The SDK's own client has ``trust_env=True``: it honours
+    ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` and
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` exactly as httpx does, with one trust store for every
+    request, and ``respx.mock`` intercepts its requests as in any httpx program.
 
     Args:
         endpoint: ``https://oss-cn-hangzhou.aliyuncs.com``, ``http://127.0.0.1:9000`` or a bare
@@ -90,17 +77,32 @@ class AsyncClient:
         signature_version: ``"v4"`` (default) or ``"v1"``.
         path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
-        timeout: an :class:`httpx.Timeout` or seconds.
+        timeout: for the SDK-built client: an :class:`httpx.Timeout` or seconds (default:
+            60 s per read/write, 10 s to connect, no limit waiting for a connection).
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
-        max_connections: size of each connection pool (the file uploads' pool keeps at
-            most this many idle connections).
-        transport: an httpx transport to use instead of the network (tests:
-            :class:`httpx.MockTransport`); then httpx sends every request.
+        max_connections: for the SDK-built client: connections to OSS (default 16).
+            Requests beyond it wait for one to be free (an upload's parts included), so
+            keep it at least the ``concurrency`` of the uploads running at once.
+        http_client: your own :class:`httpx.AsyncClient`: every request goes through it.
+            The SDK never closes it (close it yourself, after this client). Don't set
+            ``auth``, ``params`` or ``x-oss-*``/``Content-*`` default headers on it (they
+            would break or bypass the signature; the SDK refuses them). Not together with
+            ``timeout``, ``max_connections``, ``transport`` or ``http_engine``: configure it.
+        http_engine: for the SDK-built client: ``"httpx"`` (default: httpx's own transport,
+            the one respx mocks) or ``"aiohttp"``: aiohttp under httpx through
+            `httpx-aiohttp <https://pypi.org/project/httpx-aiohttp/>`_
+            (``pip install 'oss-callback[aiohttp]'``), faster for many small objects; asyncio
+            only, and respx does not see its requests. Proxies from the environment still
+            apply (those requests go through httpx's transport).
+        transport: for the SDK-built client: an httpx transport (tests:
+            :class:`httpx.MockTransport`), as ``httpx.AsyncClient(transport=...)``.
 
     Use it as ``async with AsyncClient(...) as client:`` or call :meth:`aclose`.
 
     Raises:
-        ValueError: bad endpoint, missing credentials, or V4 without a derivable region.
+        ValueError: bad endpoint, missing credentials, V4 without a derivable region, or
+            a missing ``http_engine`` extra.
+        TypeError: ``http_client`` combined with options that configure the SDK's own.
     """
 
     def __init__(
@@ -113,9 +115,11 @@ class AsyncClient:
         region: str | None = None,
         signature_version: str = "v4",
         path_style: bool | None = None,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float | None = None,
         retry: RetryPolicy | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        http_engine: HttpEngine = "httpx",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if signature_version not in _SIGNATURE_VERSIONS:
@@ -139,23 +143,18 @@ class AsyncClient:
                 f"${ENV_REGION}, or use signature_version='v1'"
             )
         credentials = Credentials.resolve(access_key_id, access_key_secret, security_token)
-        if max_connections < 1:
-            raise ValueError("max_connections must be >= 1")
-        http = httpx.AsyncClient(
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,
-            transport=transport or _default_transport(max_connections),
-        )
-        # Unless a custom transport was given (then httpx sees every request: MockTransport
-        # and respx in tests), file bodies go out from worker threads (``_wire``) and, on
-        # asyncio, everything else over the lean asyncio/httptools pool (``_lean``); httpx
-        # (with our O(1) pool) remains for other event loops.
-        wire = lean = None
-        if transport is None:
-            wire = WirePool(timeout=http.timeout, max_idle=max_connections)
-            if lean_usable():
-                lean = LeanHTTP(timeout=http.timeout, max_connections=max_connections)
+        gate: anyio.Semaphore | None = None
+        user_agent = USER_AGENT
+        if http_client is not None:
+            check_user_http_client(http_client, timeout=timeout,
+                                   max_connections=max_connections, transport=transport,
+                                   http_engine=http_engine)
+            http = http_client
+        else:
+            built = build_http_client(timeout=timeout, max_connections=max_connections,
+                                      transport=transport, http_engine=http_engine)
+            http, gate, user_agent = built.client, built.gate, built.user_agent
+        self._owns_http = http_client is None
         self._session = Session(
             http=http,
             endpoint=parsed,
@@ -163,8 +162,8 @@ class AsyncClient:
             signature_version=signature_version,
             region=parsed.region,
             retry=retry or RetryPolicy(),
-            wire=wire,
-            lean=lean,
+            gate=gate,
+            user_agent=user_agent,
         )
         self._state = _State.OPEN
 
@@ -191,7 +190,7 @@ class AsyncClient:
         )
 
     def get_bucket(self, name: str) -> AsyncBucket:
-        """An :class:`AsyncBucket` that shares this client's connection pool."""
+        """An :class:`AsyncBucket` that shares this client's httpx client."""
         return AsyncBucket(name, client=self)
 
     def _check_open(self) -> Session:
@@ -202,17 +201,22 @@ class AsyncClient:
             )
         return self._session
 
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The :class:`httpx.AsyncClient` every request goes through (yours or the SDK's)."""
+        return self._session.http
+
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Close the SDK-built httpx client (a client passed as ``http_client`` stays open).
+
+        Idempotent.
+        """
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        if self._session.wire is not None:
-            self._session.wire.close()
-        with anyio.move_on_after(10, shield=True):
-            if self._session.lean is not None:
-                await self._session.lean.aclose()
-            await self._session.http.aclose()
+        if self._owns_http:
+            with anyio.move_on_after(10, shield=True):
+                await self._session.http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         self._check_open()
@@ -410,7 +414,7 @@ class AsyncBucket:
         headers = _range_header(byte_range)
         async with self._session.stream("GET", self.name, key, headers=headers,
                                         ok=(200, 206)) as response:
-            chunks = [chunk async for chunk in response.aiter_bytes()]
+            chunks = [chunk async for chunk in _raw_chunks(response)]
         data = b"".join(chunks)
         if response.status_code == 200:
             _verify_download(response, crc64(data), len(data), key)
@@ -434,7 +438,7 @@ class AsyncBucket:
             done = 0
             async with self._session.stream("GET", self.name, key) as response:
                 total = int(response.headers.get("content-length", "0")) or None
-                async for chunk in response.aiter_bytes(1024 * 1024):
+                async for chunk in _raw_chunks(response, 1024 * 1024):
                     crc = await anyio.to_thread.run_sync(_write_crc, f, chunk, crc)
                     done += len(chunk)
                     if progress is not None:
@@ -754,6 +758,16 @@ class AsyncBucket:
             marker = next_marker
         return ListPartsResult(key=key, upload_id=upload_id,
                                parts=tuple(sorted(parts, key=lambda p: p.part_number)))
+
+
+async def _raw_chunks(response: httpx.Response, size: int | None = None,
+                      ) -> AsyncIterator[bytes]:
+    """The object's stored bytes, as sent (never content-decoded: the CRC-64 is of these)."""
+    if response.is_stream_consumed:  # a response built in memory (httpx.MockTransport)
+        yield response.content
+        return
+    async for chunk in response.aiter_raw(size):
+        yield chunk
 
 
 def _check_combined(key: str, crcs: list[tuple[int, int]], result: PutObjectResult) -> None:

@@ -1,6 +1,8 @@
 """One signed, retried OSS request: signing, error mapping and CRC checks in one place.
 
-This is the only module that talks to httpx; no ``httpx`` exception escapes it (they become
+Every request goes through one :class:`httpx.AsyncClient` (``client.send``), so whatever is
+configured on it applies to every request: proxies, TLS, limits, event hooks, transports,
+respx. This is the only module that sends; no ``httpx`` exception escapes it (they become
 :class:`RequestError`, chained with ``from``).
 """
 
@@ -16,9 +18,8 @@ from email.utils import parsedate_to_datetime
 
 import anyio
 import httpx
-import sniffio
 
-from ._body import Body, FileRangeBody, ProgressFn
+from ._body import Body, ProgressFn
 from ._credentials import Credentials
 from ._endpoint import Endpoint
 from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
@@ -29,11 +30,9 @@ from ._errors import (
     ServiceError,
     make_service_error,
 )
-from ._lean import LeanHTTP
 from ._retry import RetryPolicy
 from ._signing import sign_v1, sign_v4
 from ._version import __version__
-from ._wire import WirePool
 
 __all__ = ["Session"]
 
@@ -43,6 +42,7 @@ USER_AGENT = (
     f"oss-callback/{__version__} ({platform.system()}; python/{platform.python_version()}) "
     f"httpx/{httpx.__version__}"
 )
+_FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
 
 Query = Sequence[tuple[str, str]]
 #: Builds the exception for a 203 from the response (only uploads with a callback pass one).
@@ -58,7 +58,7 @@ def parse_crc(value: str | None) -> int | None:
 
 
 class Session:
-    """Shared state of a client: the pooled httpx client, endpoint, credentials, policy."""
+    """Shared state of a client: the httpx client, endpoint, credentials, policy."""
 
     def __init__(
         self,
@@ -69,14 +69,15 @@ class Session:
         signature_version: str,
         region: str | None,
         retry: RetryPolicy,
-        wire: WirePool | None = None,
-        lean: LeanHTTP | None = None,
+        gate: anyio.Semaphore | None = None,
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.http = http
-        #: sends everything else when running on asyncio (``None``: httpx does).
-        self.lean = lean
-        #: sends file bodies from worker threads (``None``: everything goes through httpx).
-        self.wire = wire
+        #: Requests in flight (sent, response not yet closed) when the SDK built the pool:
+        #: as many as it has connections, so the rest wait here, not in httpcore's queue
+        #: (whose bookkeeping is O(queued x connections) per request). ``None``: no gate.
+        self.gate = gate
+        self.user_agent = user_agent
         self.endpoint = endpoint
         self.credentials = credentials
         self.signature_version = signature_version
@@ -139,9 +140,17 @@ class Session:
         body: Body | bytes | None,
     ) -> dict[str, str]:
         """The signed request headers (without ``host``, which the sender adds)."""
-        h: dict[str, str] = {"user-agent": USER_AGENT}
+        # identity: OSS gzips some content types on the fly for clients that accept it, and
+        # the CRC-64 it reports is of the stored bytes; the SDK always reads those.
+        h: dict[str, str] = {"user-agent": self.user_agent, "accept-encoding": "identity"}
         for name, value in (headers or {}).items():
-            h[name.lower()] = str(value)
+            name, value = name.lower(), str(value)
+            if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
+                raise ValueError(
+                    f"header {name!r} contains a line break or NUL, which would split the "
+                    "request; remove it"
+                )
+            h[name] = value
         if isinstance(body, Body):
             if body.size is not None:
                 h["content-length"] = str(body.size)
@@ -160,17 +169,19 @@ class Session:
         body: Body | bytes | None,
         on_bytes: Callable[[int], None] | None,
     ) -> httpx.Response:
-        """One attempt: sign and send; the response body is left unread."""
+        """One attempt: sign and send; the response body is left unread.
+
+        ``build_request`` adds the httpx client's own default headers (the signature never
+        covers them unless they are ``x-oss-*``/``Content-*``, which the SDK refuses at
+        construction); ``auth=None`` keeps an ``auth`` set on a user's client from replacing
+        the OSS signature, and redirects are never followed (OSS doesn't redirect uploads).
+        """
         h = self._headers(method, bucket, key, query, headers, body)
         url = self.endpoint.url(bucket, key, query)
-        if self.wire is not None and isinstance(body, FileRangeBody):
-            return await self.wire.send_file(method, httpx.URL(url), h, body, on_bytes)
         content: bytes | AsyncIterator[bytes] | None
         content = body.stream(on_bytes) if isinstance(body, Body) else body
-        request = httpx.Request(method, url, headers=h, content=content)
-        if self.lean is not None and sniffio.current_async_library() == "asyncio":
-            return await self.lean.send(request, stream=True)
-        return await self.http.send(request, stream=True)
+        request = self.http.build_request(method, url, headers=h, content=content)
+        return await self.http.send(request, stream=True, auth=None, follow_redirects=False)
 
     @asynccontextmanager
     async def stream(
@@ -191,19 +202,26 @@ class Session:
         Errors: :class:`ServiceError` (status not in ``ok``), :class:`CallbackError` (203 with
         ``on_203``), :class:`RequestError` (no answer), :class:`InconsistentError` (CRC-64).
         """
-        response = await self._send(method, bucket, key, query, headers, body, ok, progress,
-                                    on_203)
+        gate = self.gate
+        if gate is not None:
+            await gate.acquire()
         try:
-            yield response
-        except httpx.TimeoutException as exc:
-            raise RequestError(f"reading {_what(bucket, key)} timed out") from exc
-        except httpx.TransportError as exc:
-            raise RequestError(
-                f"reading {_what(bucket, key)} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            response = await self._send(method, bucket, key, query, headers, body, ok,
+                                        progress, on_203)
+            try:
+                yield response
+            except httpx.TimeoutException as exc:
+                raise RequestError(f"reading {_what(bucket, key)} timed out") from exc
+            except httpx.TransportError as exc:
+                raise RequestError(
+                    f"reading {_what(bucket, key)} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
         finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            if gate is not None:
+                gate.release()
 
     async def _send(
         self,

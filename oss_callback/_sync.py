@@ -42,7 +42,8 @@ import httpx
 
 from ._body import ProgressFn
 from ._callback import Callback
-from ._client import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, AsyncBucket, AsyncClient
+from ._client import AsyncBucket, AsyncClient
+from ._engine import HttpEngine
 from ._models import (
     HeadObjectResult,
     InitiateMultipartUploadResult,
@@ -274,10 +275,16 @@ class Client:
         signature_version: ``"v4"`` (default) or ``"v1"``.
         path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
-        timeout: an :class:`httpx.Timeout` or seconds.
+        timeout: for the SDK-built httpx client: an :class:`httpx.Timeout` or seconds.
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
-        max_connections: size of the connection pool.
-        transport: an httpx transport to use instead of the network (tests:
+        max_connections: for the SDK-built httpx client: connections to OSS (default 16).
+        http_client: your own :class:`httpx.AsyncClient` (proxy, ``verify``, limits, event
+            hooks, transport): every request goes through it, on this client's event loop
+            thread (its event hooks run there too). Its connections belong to that loop, so
+            :meth:`close` closes them with it (``http_client.is_closed`` is then true).
+        http_engine: ``"httpx"`` (default) or ``"aiohttp"`` (the ``aiohttp`` extra), as for
+            :class:`AsyncClient`.
+        transport: for the SDK-built httpx client: an httpx transport (tests:
             :class:`httpx.MockTransport`); it is used on the client's event loop thread.
 
     Raises:
@@ -300,9 +307,11 @@ class Client:
         region: str | None = None,
         signature_version: str = "v4",
         path_style: bool | None = None,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float | None = None,
         retry: RetryPolicy | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        http_engine: HttpEngine = "httpx",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         portal = _Portal("Client")
@@ -312,7 +321,8 @@ class Client:
                 AsyncClient, endpoint, access_key_id, access_key_secret,
                 security_token=security_token, region=region,
                 signature_version=signature_version, path_style=path_style, timeout=timeout,
-                retry=retry, max_connections=max_connections, transport=transport,
+                retry=retry, max_connections=max_connections, http_client=http_client,
+                http_engine=http_engine, transport=transport,
             ))
         except BaseException:
             portal.abandon()
