@@ -80,7 +80,7 @@ class AsyncClient:
         timeout: for the SDK-built client: an :class:`httpx.Timeout` or seconds (default:
             60 s per read/write, 10 s to connect, no limit waiting for a connection).
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
-        max_connections: for the SDK-built client: connections to OSS (default 16).
+        max_connections: for the SDK-built client: connections to OSS (default 8).
             Requests beyond it wait for one to be free (an upload's parts included), so
             keep it at least the ``concurrency`` of the uploads running at once.
         http_client: your own :class:`httpx.AsyncClient`: every request goes through it.

@@ -263,7 +263,7 @@ class Session:
                 except httpx.TransportError as exc:
                     raise RequestError(
                         f"{method} {_what(bucket, key)} failed: {type(exc).__name__}: "
-                        f"{exc or 'connection error'} (endpoint {self.endpoint})"
+                        f"{exc or 'connection error'} (endpoint {self.endpoint}){_hint(exc)}"
                     ) from exc
                 status = response.status_code
                 if status in ok:
@@ -359,6 +359,18 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     except httpx.TransportError as exc:
         raise RequestError(f"reading the response failed: {type(exc).__name__}: {exc}") from exc
     return b"".join(chunks)
+
+
+def _hint(exc: httpx.TransportError) -> str:
+    """What to do about the transport errors people configure their way out of."""
+    if isinstance(exc, httpx.ProxyError):
+        return ("; the proxy refused or failed: check HTTPS_PROXY/HTTP_PROXY/ALL_PROXY (and "
+                "NO_PROXY), or the proxy= of your http_client")
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return ("; the server's certificate is not trusted: point SSL_CERT_FILE (or "
+                "SSL_CERT_DIR) at your CA bundle, or pass http_client=httpx.AsyncClient("
+                "verify=ssl.create_default_context(cafile=...))")
+    return ""
 
 
 def _what(bucket: str | None, key: str | None) -> str:

@@ -277,7 +277,7 @@ class Client:
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
         timeout: for the SDK-built httpx client: an :class:`httpx.Timeout` or seconds.
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
-        max_connections: for the SDK-built httpx client: connections to OSS (default 16).
+        max_connections: for the SDK-built httpx client: connections to OSS (default 8).
         http_client: your own :class:`httpx.AsyncClient` (proxy, ``verify``, limits, event
             hooks, transport): every request goes through it, on this client's event loop
             thread (its event hooks run there too). Its connections belong to that loop, so
@@ -365,12 +365,24 @@ class Client:
         """A :class:`Bucket` that shares this client's connection pool and event loop."""
         return Bucket._wrap(self, self._async.get_bucket(name))
 
-    def close(self) -> None:
-        """Close the connection pool and stop the event loop thread. Idempotent.
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The :class:`httpx.AsyncClient` every request goes through (on the loop thread)."""
+        return self._async.http_client
 
-        Calls still running in other threads are cancelled and raise ``RuntimeError``.
+    def close(self) -> None:
+        """Close the connections and stop the event loop thread. Idempotent.
+
+        Calls still running in other threads are cancelled and raise ``RuntimeError``. An
+        ``http_client`` you passed is closed too: its connections belong to this client's
+        event loop, which stops here.
         """
-        self._portal.close(self._async.aclose)
+        self._portal.close(self._aclose_in_loop)
+
+    async def _aclose_in_loop(self) -> None:
+        await self._async.aclose()
+        with anyio.move_on_after(10, shield=True):
+            await self._async.http_client.aclose()  # a no-op when the SDK built it
 
     def __enter__(self) -> Client:
         self._portal.check("Client.__enter__")

@@ -23,6 +23,7 @@ from ._callbacks import public_key_pem
 from ._faults import FaultInjector
 from ._records import CallbackRecord, RequestRecord, StsCredentials
 from ._store import Store, StoredObject
+from ._tls import write_tls_files
 
 __all__ = ["DEFAULT_ACCESS_KEY_ID", "DEFAULT_ACCESS_KEY_SECRET", "OSSEmulator"]
 
@@ -101,6 +102,11 @@ class OSSEmulator:
             in practice, but *not* an MD5, and no ``Content-MD5`` response header is sent.
             Multipart ETags are derived the same way from those part digests.  CRC-64
             (``x-oss-hash-crc64ecma``) is exact in both modes.
+        tls: serve HTTPS (:attr:`endpoint` is then ``https://...``) with a certificate for
+            ``host`` issued by a private CA made up at start: trust it with
+            :attr:`ca_file` / :attr:`ca_pem` (``SSL_CERT_FILE``, ``curl --cacert``,
+            ``ssl.create_default_context(cafile=emu.ca_file)``), as you would a company's
+            own CA. Clients that don't trust it fail certificate verification.
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class OSSEmulator:
         callback_timeout: float = 5.0,
         max_records: int = 100_000,
         etag: str = "md5",
+        tls: bool = False,
     ) -> None:
         if etag not in ETAG_MODES:
             raise ValueError(f"etag must be one of {ETAG_MODES}, not {etag!r}")
@@ -134,6 +141,9 @@ class OSSEmulator:
         self._initial_callback_timeout = callback_timeout
         self._max_records = max_records
         self.etag = etag
+        self.tls = tls
+        self._tls_dir: str | None = None
+        self._ca_pem: bytes | None = None
         self.faults = FaultInjector()
         self._credentials = CredentialStore()
         self._credentials.add(access_key_id, access_key_secret)
@@ -162,9 +172,30 @@ class OSSEmulator:
 
     @property
     def endpoint(self) -> str:
-        """``http://HOST:PORT``: pass it to a client (with ``region=emu.region`` for V4)."""
+        """``http://HOST:PORT`` (``https://`` with ``tls=True``): pass it to a client (with
+        ``region=emu.region`` for V4)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def ca_pem(self) -> bytes:
+        """With ``tls=True``: the PEM certificate of the private CA that issued the server's.
+
+        Raises:
+            RuntimeError: without ``tls=True``, or before :meth:`start`.
+        """
+        self._require_running()
+        if self._ca_pem is None:
+            raise RuntimeError("this OSSEmulator serves plain HTTP; create it with tls=True")
+        return self._ca_pem
+
+    @property
+    def ca_file(self) -> Path:
+        """:attr:`ca_pem` in a file (removed on :meth:`stop`): ``SSL_CERT_FILE``,
+        ``curl --cacert``, ``verify=ssl.create_default_context(cafile=...)``."""
+        self.ca_pem  # noqa: B018 - raises without TLS
+        assert self._tls_dir is not None
+        return Path(self._tls_dir) / "ca.pem"
 
     @property
     def data_dir(self) -> Path:
@@ -254,7 +285,13 @@ class OSSEmulator:
             self._sock = _bind(self.host, self._requested_port)
             self._port = self._sock.getsockname()[1]
             host = f"[{self.host}]" if ":" in self.host else self.host
-            self._app.endpoint = f"http://{host}:{self._port}"
+            self._app.endpoint = f"{'https' if self.tls else 'http'}://{host}:{self._port}"
+            ssl_options: dict[str, Any] = {}
+            if self.tls:
+                self._tls_dir = tempfile.mkdtemp(prefix="oss-emulator-tls-")
+                self._ca_pem, cert_file, key_file = write_tls_files(Path(self._tls_dir),
+                                                                    self.host)
+                ssl_options = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
 
             class _Server(uvicorn.Server):
                 @contextlib.contextmanager
@@ -271,6 +308,7 @@ class OSSEmulator:
                 date_header=False,
                 timeout_keep_alive=30,
                 timeout_graceful_shutdown=3,
+                **ssl_options,
             )
             self._server = _Server(config)
             self._thread = threading.Thread(
@@ -330,6 +368,8 @@ class OSSEmulator:
                 self._thread.join(timeout=10)
         if self._sock is not None:
             self._sock.close()
+        if self._tls_dir is not None:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
         elif self._app is not None:
