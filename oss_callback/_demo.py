@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 
 from ._callback import Callback
 from ._client import AsyncClient
@@ -90,8 +91,9 @@ async def _demo() -> int:
     with tempfile.TemporaryDirectory(prefix="oss-callback-demo-") as tmp:
         async with OSSEmulator(buckets=[BUCKET], data_dir=Path(tmp) / "oss") as emu:
             out.step(f"OSS emulator listening on {emu.endpoint} (bucket {BUCKET})")
-            host = emu.endpoint.split("://", 1)[1]
-            verifier = CallbackVerifier(allowed_key_hosts=(host,))
+            # The emulator's key, pinned: nothing to fetch (and no proxy from the environment
+            # to fetch it through); with real OSS the verifier fetches and caches OSS's key.
+            verifier = CallbackVerifier(public_key=emu.public_key_pem)
             db = sqlite3.connect(":memory:", check_same_thread=False)
             db.execute("CREATE TABLE uploads (id INTEGER PRIMARY KEY, bucket TEXT, object TEXT,"
                        " size INTEGER, etag TEXT, crc64 TEXT, uid TEXT)")
@@ -125,8 +127,10 @@ async def _upload(out: _Out, emu: Any, server_url: str, path: Path, crc: int,
                   seen: list[dict[str, Any]], db: sqlite3.Connection) -> int:
     body = ("bucket=${bucket}&object=${object}&size=${size}&etag=${etag}&crc64=${crc64}"
             "&uid=${x:uid}")
-    async with AsyncClient(emu.endpoint, emu.access_key_id, emu.access_key_secret,
-                           region=emu.region) as client:
+    # The emulator is on this machine: never through a proxy set in the environment.
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as http, AsyncClient(
+            emu.endpoint, emu.access_key_id, emu.access_key_secret, region=emu.region,
+            http_client=http) as client:
         bucket = client.get_bucket(BUCKET)
         callback = Callback(server_url + "/oss-callback", body=body, variables={"x:uid": "42"})
         out.step(f"resumable_upload -> oss://{BUCKET}/{KEY}, 4 parts in flight, callback on "

@@ -46,7 +46,7 @@ def run_script(code: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(python_blocks()) == 5
+    assert len(python_blocks()) == 7
     text = README.read_text()
     assert "oss-callback demo" in text and "bash .ci/run" in text
 
@@ -54,7 +54,7 @@ def test_readme_has_the_examples() -> None:
 def test_asyncio_example(oss_emulator: Any, callback_receiver: Any, tmp_path: Path) -> None:
     oss_emulator.create_bucket("examplebucket")
     (tmp_path / "a.mp4").write_bytes(os.urandom(9 * 1024 * 1024))  # two 8 MiB-default parts
-    code = block("async def main").replace(CLOUD_ENDPOINT, oss_emulator.endpoint).replace(
+    code = block("callback_json()").replace(CLOUD_ENDPOINT, oss_emulator.endpoint).replace(
         "https://app.example.com/oss-callback", callback_receiver.url + "/oss-callback")
     out = run_script(code, tmp_path, emu_env(oss_emulator))
     assert "callback said {'Status': 'OK'}" in out
@@ -136,3 +136,27 @@ def test_browser_upload_example(oss_emulator: Any, callback_receiver: Any, tmp_p
     (received,) = callback_receiver.wait_for(1)
     assert form_fields(received.body) == {
         "object": "uploads/user-42/me.jpg", "size": "10", "user": "42"}
+
+
+def test_respx_example(tmp_path: Path) -> None:
+    (tmp_path / "test_with_respx.py").write_text(block("def test_put_object_is_signed"))
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_with_respx.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+
+
+def test_respx_example_fails_when_a_request_is_not_mocked(tmp_path: Path) -> None:
+    """The example's guarantee: an unmatched request fails the test, it never goes out."""
+    code = block("def test_put_object_is_signed").replace(
+        'respx.put("https://examplebucket.', 'respx.put("https://otherbucket.')
+    (tmp_path / "test_with_respx.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_with_respx.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "not mocked" in proc.stdout
