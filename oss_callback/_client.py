@@ -545,8 +545,10 @@ class AsyncBucket:
             callback: attached to CompleteMultipartUpload (or the single PutObject).
             part_size: bytes per part (100 KiB..5 GiB); ``None`` picks 8 MiB, grown so the file
                 never needs more than 10,000 parts.
-            concurrency: parts in flight (default 4). Memory stays around
-                ``concurrency x 2 MiB`` (parts are streamed, not buffered).
+            concurrency: parts in flight (default 4), at most the client's connections
+                (``max_connections``, 8 by default; more parts wait for a free one). Memory
+                stays around ``concurrency x 4 MiB`` (parts are streamed from the file in
+                2 MiB reads, not buffered).
             checkpoint_file: where to record progress; ``None`` uses a per-user state folder
                 (``$OSS_CALLBACK_STATE_DIR``, else ``$XDG_STATE_HOME/oss_callback/checkpoints``
                 or ``~/.local/state/oss_callback/checkpoints``). A valid checkpoint is resumed.

@@ -2,8 +2,8 @@
 
 The default is a plain :class:`httpx.AsyncClient` (httpx's own transport: httpcore's pool,
 h11), ``trust_env=True``, so proxies and CA bundles from the environment apply as in any
-httpx program and ``respx.mock`` intercepts it. ``http_engine="aiohttp"`` swaps the
-transport for aiohttp's (through httpx-aiohttp, an optional extra), still under the same
+httpx program and ``respx.mock`` intercepts it. ``http_engine="aiohttp"`` mounts
+aiohttp's transport (through httpx-aiohttp, an optional extra) under the same
 ``httpx.AsyncClient``: hooks, proxies from the environment (httpx's proxy transports carry
 those requests) and the SDK's error mapping are unchanged.
 """
@@ -11,6 +11,7 @@ those requests) and the SDK's error mapping are unchanged.
 from __future__ import annotations
 
 import http.cookiejar
+import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,17 +85,26 @@ def build_http_client(
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n,
                           keepalive_expiry=KEEPALIVE_EXPIRY)
     user_agent = USER_AGENT
+    mounts: dict[str, httpx.AsyncBaseTransport | None] | None = None
     if http_engine == "aiohttp":
         if transport is not None:
             raise TypeError("pass either transport= or http_engine='aiohttp', not both")
-        transport, version = _aiohttp_transport(limits)
+        aiohttp_transport, version = _aiohttp_transport(limits)
         user_agent = f"{USER_AGENT} aiohttp/{version}"
+        # Mounted for "all://", not passed as transport=: httpx then still reads the proxy
+        # variables and mounts its proxy transports for "http://"/"https://" (which win over
+        # "all://"), so proxied requests go through httpx's proxy support. (Hosts excluded
+        # by NO_PROXY map to httpx's own transport.) With ALL_PROXY every request is proxied
+        # anyway, by httpx: the aiohttp mount would hide it, so it is left out.
+        if not urllib.request.getproxies_environment().get("all"):
+            mounts = {"all://": aiohttp_transport}
     client = httpx.AsyncClient(
         timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         limits=limits,
         trust_env=True,
         follow_redirects=False,
         transport=transport,
+        mounts=mounts,
         cookies=_NoCookies(),
     )
     return BuiltClient(client=client, gate=anyio.Semaphore(n), user_agent=user_agent)

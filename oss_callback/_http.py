@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import platform
+import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
@@ -263,7 +266,8 @@ class Session:
                 except httpx.TransportError as exc:
                     raise RequestError(
                         f"{method} {_what(bucket, key)} failed: {type(exc).__name__}: "
-                        f"{exc or 'connection error'} (endpoint {self.endpoint}){_hint(exc)}"
+                        f"{_reason(exc)} (endpoint {self.endpoint})"
+                        f"{_hint(exc, self.http.trust_env, url=self.endpoint.url(bucket, key))}"
                     ) from exc
                 status = response.status_code
                 if status in ok:
@@ -361,16 +365,62 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _hint(exc: httpx.TransportError) -> str:
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from (trio's TLS errors hide below two wrappers)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _reason(exc: BaseException) -> str:
+    """The first non-empty message down the cause chain (some wrappers carry none)."""
+    for cause in _causes(exc):
+        if str(cause):
+            return str(cause) if cause is exc else f"{type(cause).__name__}: {cause}"
+    return "connection error"
+
+
+def _hint(exc: httpx.TransportError, trust_env: bool, url: str) -> str:
     """What to do about the transport errors people configure their way out of."""
-    if isinstance(exc, httpx.ProxyError):
-        return ("; the proxy refused or failed: check HTTPS_PROXY/HTTP_PROXY/ALL_PROXY (and "
-                "NO_PROXY), or the proxy= of your http_client")
-    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+    if any(isinstance(c, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(c)
+           for c in _causes(exc)):
         return ("; the server's certificate is not trusted: point SSL_CERT_FILE (or "
                 "SSL_CERT_DIR) at your CA bundle, or pass http_client=httpx.AsyncClient("
                 "verify=ssl.create_default_context(cafile=...))")
+    proxy = _env_proxy(url) if trust_env else None
+    if isinstance(exc, httpx.ProxyError) or (proxy and isinstance(exc, httpx.ConnectError)):
+        via = f" {proxy[1]} (from {proxy[0]})" if proxy else ""
+        return (f"; the request went through the proxy{via}, which refused or failed: check "
+                "that it is up and the HTTPS_PROXY/HTTP_PROXY/ALL_PROXY setting (or the proxy= "
+                "of your http_client), or exclude this host with NO_PROXY")
     return ""
+
+
+def _env_proxy(url: str) -> tuple[str, str] | None:
+    """``(variable, proxy URL without credentials)`` the environment routes ``url`` through.
+
+    Only for the error message; httpx decides the routing (its rules match these).
+    """
+    parsed = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    host = parsed.hostname or ""
+    for entry in (e.strip().lower() for e in proxies.get("no", "").split(",")):
+        entry = entry.split("://", 1)[-1].split(":", 1)[0] if not entry.startswith("[") else entry
+        if entry == "*" or (entry and (host == entry.lstrip(".")
+                                       or host.endswith("." + entry.lstrip(".")))):
+            return None
+    for scheme in (parsed.scheme, "all"):
+        if proxies.get(scheme):
+            proxy = urllib.parse.urlsplit(proxies[scheme] if "://" in proxies[scheme]
+                                          else "http://" + proxies[scheme])
+            where = proxy.hostname or ""
+            if proxy.port:
+                where += f":{proxy.port}"
+            return f"{scheme.upper()}_PROXY", f"{proxy.scheme}://{where}"
+    return None
 
 
 def _what(bucket: str | None, key: str | None) -> str:

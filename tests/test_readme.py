@@ -160,3 +160,27 @@ def test_respx_example_fails_when_a_request_is_not_mocked(tmp_path: Path) -> Non
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "not mocked" in proc.stdout
+
+
+def test_http_client_example(tmp_path: Path) -> None:
+    """The HTTP example, for real: an HTTPS emulator whose CA is the "company CA", reached
+    through a CONNECT proxy, with the event hooks logging each request and response."""
+    from proxy_helpers import TestProxy
+
+    from oss_callback.testing import OSSEmulator
+
+    with OSSEmulator(tls=True, buckets=["examplebucket"]) as emu, TestProxy() as proxy:
+        code = (block("event_hooks=").replace(CLOUD_ENDPOINT, emu.endpoint)
+                .replace("http://proxy.internal:3128", proxy.url)
+                .replace('"company-ca.pem"', repr(str(emu.ca_file))))
+        env = {k: v for k, v in emu_env(emu).items()
+               if not k.upper().endswith("_PROXY") and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert emu.get_object("examplebucket", "hello.txt") == b"hello"
+        assert proxy.request_lines == [f"CONNECT 127.0.0.1:{emu.port}"]
+        (request_id,) = [r.request_id for r in emu.requests]
+    log = proc.stderr.splitlines()
+    assert "-> PUT /examplebucket/hello.txt" in log
+    assert f"<- 200 {request_id}" in log
