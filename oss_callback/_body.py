@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
 from typing import IO, Any
 
 import anyio.to_thread
+import httpx
 
 from ._crc64 import crc64
 from ._errors import FileChangedError
 
-__all__ = ["Body", "ProgressFn", "check_readable_file", "make_body"]
+__all__ = ["Body", "BodyStream", "ProgressFn", "check_readable_file", "make_body"]
 
 #: Read size for files: one worker-thread hop (read + CRC-64) per chunk. Measured on a
 #: 512 MiB resumable upload into the nginx sink: 2 MiB chunks use ~15-20% less CPU than
@@ -44,20 +45,64 @@ class Body:
         self.crc = 0
         self.sent = 0
 
-    def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
+    def _chunks(self) -> AsyncGenerator[tuple[bytes | memoryview, int], None]:
         """Yield ``(chunk, crc_after_chunk)``; subclasses implement."""
         raise NotImplementedError
 
-    async def stream(self, on_bytes: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:
+    def stream(self, on_bytes: Callable[[int], None] | None = None) -> BodyStream:
         """A fresh pass over the body (raises if it can't be replayed a second time)."""
-        self.crc = 0
-        self.sent = 0
-        async for chunk, crc in self._chunks():
-            self.crc = crc
-            self.sent += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-            yield chunk  # type: ignore[misc]  # httpx accepts any bytes-like chunk
+        return BodyStream(self, on_bytes)
+
+
+class BodyStream(httpx.AsyncByteStream):
+    """One pass over a :class:`Body`, as httpx's request stream.
+
+    A plain iterator class, not an async generator: when a request stops mid-body (a
+    cancellation, a write timeout, an early answer), the session closes it with
+    :meth:`aclose`, which closes the file at once, instead of leaving generators for the
+    garbage collector (trio warns about each). ``aclose`` while another task is inside
+    :meth:`__anext__` (aiohttp writes bodies from a task of its own) defers the close to
+    that task.
+    """
+
+    def __init__(self, body: Body, on_bytes: Callable[[int], None] | None) -> None:
+        self._body = body
+        self._on_bytes = on_bytes
+        self._chunks: AsyncGenerator[tuple[bytes | memoryview, int], None] | None = None
+        self._busy = False
+        self._closed = False
+
+    def __aiter__(self) -> BodyStream:
+        if self._chunks is None and not self._closed:
+            self._body.crc = 0
+            self._body.sent = 0
+            self._chunks = self._body._chunks()
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chunks is None or self._closed:
+            raise StopAsyncIteration
+        self._busy = True
+        try:
+            chunk, crc = await self._chunks.__anext__()
+        finally:
+            self._busy = False
+        if self._was_closed():  # aclose() ran while this chunk was being read
+            await self._chunks.aclose()
+            raise StopAsyncIteration
+        self._body.crc = crc
+        self._body.sent += len(chunk)
+        if self._on_bytes is not None:
+            self._on_bytes(len(chunk))
+        return chunk  # type: ignore[return-value]  # httpx sends any bytes-like chunk
+
+    def _was_closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._chunks is not None and not self._busy:
+            await self._chunks.aclose()
 
 
 class BytesBody(Body):
@@ -68,7 +113,7 @@ class BytesBody(Body):
         self._data = memoryview(data).cast("B")
         self.size = len(self._data)
 
-    async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
+    async def _chunks(self) -> AsyncGenerator[tuple[bytes | memoryview, int], None]:
         crc = 0
         for start in range(0, len(self._data), BYTES_CHUNK):
             chunk = self._data[start : start + BYTES_CHUNK]
@@ -125,7 +170,7 @@ class FileRangeBody(Body):
             self.check_unchanged(f)
         return data, crc
 
-    async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
+    async def _chunks(self) -> AsyncGenerator[tuple[bytes | memoryview, int], None]:
         with anyio.CancelScope(shield=True):  # a cancelled open must not drop the handle
             f = await anyio.to_thread.run_sync(self._open)
         try:
@@ -167,7 +212,7 @@ class FileObjBody(Body):
         self.replayable = self._start is not None
         self._used = False
 
-    async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
+    async def _chunks(self) -> AsyncGenerator[tuple[bytes | memoryview, int], None]:
         if self._start is not None:
             await anyio.to_thread.run_sync(self._f.seek, self._start)
         elif self._used:
@@ -204,7 +249,7 @@ class IterBody(Body):
         self._it = iterable
         self._used = False
 
-    async def _chunks(self) -> AsyncIterator[tuple[bytes | memoryview, int]]:
+    async def _chunks(self) -> AsyncGenerator[tuple[bytes | memoryview, int], None]:
         if self._used:
             raise RuntimeError("an iterable body can only be sent once")
         self._used = True

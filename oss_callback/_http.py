@@ -157,6 +157,8 @@ class Session:
         if isinstance(body, Body):
             if body.size is not None:
                 h["content-length"] = str(body.size)
+            else:
+                h["transfer-encoding"] = "chunked"
         elif body is not None or method in ("PUT", "POST"):
             h["content-length"] = str(len(body or b""))
         self._sign(method, bucket, key, query, h)
@@ -181,10 +183,24 @@ class Session:
         """
         h = self._headers(method, bucket, key, query, headers, body)
         url = self.endpoint.url(bucket, key, query)
-        content: bytes | AsyncIterator[bytes] | None
-        content = body.stream(on_bytes) if isinstance(body, Body) else body
-        request = self.http.build_request(method, url, headers=h, content=content)
-        return await self.http.send(request, stream=True, auth=None, follow_redirects=False)
+        if not isinstance(body, Body):
+            request = self.http.build_request(method, url, headers=h, content=body)
+            return await self.http.send(request, stream=True, auth=None,
+                                        follow_redirects=False)
+        # build_request merges the client's headers, Host and timeouts; the body goes in as a
+        # stream of the SDK's (closed below), not as content httpx would wrap in a generator.
+        built = self.http.build_request(method, url, headers=h)
+        stream = body.stream(on_bytes)
+        request = httpx.Request(method, built.url, headers=built.headers, stream=stream,
+                                extensions=built.extensions)
+        try:
+            return await self.http.send(request, stream=True, auth=None,
+                                        follow_redirects=False)
+        finally:
+            # Normally the body is done by now; after an early answer, a cancellation or
+            # a failure mid-body, this closes its file right away.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
     @asynccontextmanager
     async def stream(

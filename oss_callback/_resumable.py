@@ -379,6 +379,7 @@ class _Uploader:
             )
         await self._save(ckpt, now=True)
         upload_id = ckpt.upload_id
+        completed = False  # Complete answered: the upload id is gone, nothing to abort
         try:
             try:
                 await self._upload_missing(ckpt, plan)
@@ -396,16 +397,18 @@ class _Uploader:
                     self.key, upload_id, parts, callback=self.callback
                 )
             except CallbackError:
+                completed = True
                 await self._forget()
                 raise
             except InconsistentError:
                 # The assembled object is not what we sent: never leave a wrong object.
+                completed = True
                 await self._forget()
                 with anyio.move_on_after(30, shield=True):
                     await self.bucket.delete_object(self.key)
                 raise
         except BaseException:
-            if self.ckpt_path is None:
+            if self.ckpt_path is None and not completed:
                 await self._abort_quietly(upload_id)
             raise
         await self._forget()

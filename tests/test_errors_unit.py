@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import pickle
+import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
+import respx
 
+from oss_callback import AsyncClient, Callback, RetryPolicy
 from oss_callback._credentials import Credentials
 from oss_callback._endpoint import Endpoint, encode_key, validate_bucket_name, validate_key
 from oss_callback._errors import (
@@ -278,6 +281,82 @@ def test_callback_error_is_catchable_as_service_error():
     with pytest.raises(ServiceError) as exc:
         raise make_service_error(203, {}, CALLBACK_FAILED_XML, result=_stored())
     assert exc.value.result.etag == "D8E8FCA2DC0F896FD7CB4CB0031BA249"
+
+
+# --------------------------------------------------------------------------- over the wire
+# The same documented samples as OSS's answers to a default-built client, under respx.
+
+BASE = "https://examplebucket.oss-cn-hangzhou.aliyuncs.com"
+
+
+def _client() -> AsyncClient:
+    return AsyncClient("https://oss-cn-hangzhou.aliyuncs.com", "ak", "sk",
+                       retry=RetryPolicy.no_wait())
+
+
+@respx.mock
+async def test_documented_error_sample_over_the_wire():
+    route = respx.put(f"{BASE}/k").respond(403, content=INVALID_AK_XML, headers={
+        "content-type": "application/xml", "x-oss-request-id": "id-1234",
+        "x-oss-ec": "0002-00000902"})
+    async with _client() as client:
+        with pytest.raises(ServiceError) as info:
+            await client.get_bucket("examplebucket").put_object("k", b"x")
+    assert route.call_count == 1  # a 403 is not retried
+    err = info.value
+    assert type(err) is ServiceError
+    assert (err.status, err.code, err.request_id, err.ec, err.host_id) == (
+        403, "InvalidAccessKeyId", "id-1234", "0002-00000902", "oss-cn-hangzhou.aliyuncs.com")
+    assert err.details == INVALID_AK_FIELDS
+
+
+@respx.mock
+async def test_head_error_over_the_wire_comes_from_x_oss_err():
+    respx.head(f"{BASE}/k").respond(403, headers={
+        "x-oss-err": base64.b64encode(INVALID_AK_XML).decode(), "x-oss-request-id": "other"})
+    async with _client() as client:
+        with pytest.raises(ServiceError) as info:
+            await client.get_bucket("examplebucket").head_object("k")
+    assert info.value.details == INVALID_AK_FIELDS
+    assert info.value.request_id == "id-1234"
+
+
+@respx.mock
+async def test_html_502_from_a_proxy_over_the_wire_is_retried_then_a_service_error():
+    route = respx.get(f"{BASE}/k").respond(502, content=HTML_502, headers={
+        "content-type": "text/html", "x-oss-request-id": "rid"})
+    async with _client() as client:
+        with pytest.raises(ServiceError) as info:
+            await client.get_bucket("examplebucket").get_object("k")
+    assert route.call_count == 3  # 5xx: every attempt of the policy
+    assert type(info.value) is ServiceError
+    assert (info.value.status, info.value.code, info.value.request_id) == (502, "", "rid")
+    assert "502 Bad Gateway" in info.value.message
+
+
+@respx.mock
+async def test_callback_failed_on_complete_over_the_wire_carries_the_upload_id():
+    route = respx.post(f"{BASE}/k", params={"uploadId": "UPLOAD-1"}).respond(
+        203, content=CALLBACK_FAILED_XML,
+        headers={"etag": '"3349DC700140D7F86A0784842780AAAA-2"',
+                 "x-oss-request-id": "587C81A125F797621829923D"})
+    async with _client() as client:
+        with pytest.raises(CallbackError) as info:
+            await client.get_bucket("examplebucket").complete_multipart_upload(
+                "k", "UPLOAD-1", [(2, "B"), (1, "A")],
+                callback=Callback(url="http://cb.example.com/hook"))
+    assert route.call_count == 1  # stored: never retried
+    request = route.calls.last.request
+    parts = ET.fromstring(request.content).iter("Part")
+    assert [(p.findtext("PartNumber"), p.findtext("ETag")) for p in parts] == [
+        ("1", '"A"'), ("2", '"B"')]  # ascending, ETags quoted
+    assert "x-oss-callback" in request.headers
+    err = info.value
+    assert err.code == "CallbackFailed"
+    assert err.message == "Response body is not valid json format."
+    assert err.result.upload_id == "UPLOAD-1"
+    assert err.result.etag == "3349DC700140D7F86A0784842780AAAA-2"
+    assert err.result.callback_status == 203
 
 
 # --------------------------------------------------------------------------- pickling, str
