@@ -7,7 +7,7 @@ import enum
 import os
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from types import TracebackType
 from typing import IO, Any
 
@@ -30,7 +30,7 @@ from ._errors import (
     ServiceError,
     make_service_error,
 )
-from ._http import USER_AGENT, Session, parse_crc
+from ._http import USER_AGENT, Session, closing_iter, parse_crc
 from ._models import (
     HeadObjectResult,
     InitiateMultipartUploadResult,
@@ -412,10 +412,12 @@ class AsyncBucket:
         """
         validate_key(key)
         headers = _range_header(byte_range)
-        async with self._session.stream("GET", self.name, key, headers=headers,
-                                        ok=(200, 206)) as response:
-            chunks = [chunk async for chunk in _raw_chunks(response)]
-        data = b"".join(chunks)
+        async with (
+            self._session.stream("GET", self.name, key, headers=headers,
+                                 ok=(200, 206)) as response,
+            contextlib.aclosing(_raw_chunks(response)) as raw,
+        ):
+            data = b"".join([chunk async for chunk in raw])
         if response.status_code == 200:
             _verify_download(response, crc64(data), len(data), key)
         _require_oss(response, "GetObject")
@@ -438,11 +440,12 @@ class AsyncBucket:
             done = 0
             async with self._session.stream("GET", self.name, key) as response:
                 total = int(response.headers.get("content-length", "0")) or None
-                async for chunk in _raw_chunks(response, 1024 * 1024):
-                    crc = await anyio.to_thread.run_sync(_write_crc, f, chunk, crc)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
+                async with contextlib.aclosing(_raw_chunks(response, 1024 * 1024)) as raw:
+                    async for chunk in raw:
+                        crc = await anyio.to_thread.run_sync(_write_crc, f, chunk, crc)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total)
             _verify_download(response, crc, done, key)
             _require_oss(response, "GetObject")
             await anyio.to_thread.run_sync(_finish_file, f, tmp, target)
@@ -763,13 +766,18 @@ class AsyncBucket:
 
 
 async def _raw_chunks(response: httpx.Response, size: int | None = None,
-                      ) -> AsyncIterator[bytes]:
-    """The object's stored bytes, as sent (never content-decoded: the CRC-64 is of these)."""
+                      ) -> AsyncGenerator[bytes, None]:
+    """The object's stored bytes, as sent (never content-decoded: the CRC-64 is of these).
+
+    Use it in ``contextlib.aclosing``: an interrupted download then closes httpx's
+    iterator at once instead of leaving it to the garbage collector.
+    """
     if response.is_stream_consumed:  # a response built in memory (httpx.MockTransport)
         yield response.content
         return
-    async for chunk in response.aiter_raw(size):
-        yield chunk
+    async with closing_iter(response.aiter_raw(size)) as raw:
+        async for chunk in raw:
+            yield chunk
 
 
 def _check_combined(key: str, crcs: list[tuple[int, int]], result: PutObjectResult) -> None:

@@ -8,6 +8,7 @@ respx. This is the only module that sends; no ``httpx`` exception escapes it (th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import ssl
@@ -37,7 +38,7 @@ from ._retry import RetryPolicy
 from ._signing import sign_v1, sign_v4
 from ._version import __version__
 
-__all__ = ["Session"]
+__all__ = ["Session", "closing_iter"]
 
 logger = logging.getLogger("oss_callback")
 
@@ -367,15 +368,28 @@ def _check_all_sent(method: str, bucket: str | None, key: str | None,
         )
 
 
+@contextlib.asynccontextmanager
+async def closing_iter(iterator: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Like :func:`contextlib.aclosing` for httpx's body iterators (typed as plain async
+    iterators, but generators): an interrupted read closes them at once, not in the GC."""
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                break
-            chunks.append(chunk)
+        async with closing_iter(response.aiter_bytes()) as body:
+            async for chunk in body:
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
     except httpx.TransportError as exc:
         raise RequestError(f"reading the response failed: {type(exc).__name__}: {exc}") from exc
     return b"".join(chunks)

@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Literal, TypeAlias, cast
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
@@ -39,6 +48,7 @@ import httpx
 from anyio.lowlevel import RunVar
 
 from ._errors import ClientError
+from ._http import closing_iter
 from ._version import __version__
 
 try:
@@ -849,7 +859,8 @@ class CallbackVerifier:
                 client.stream("GET", url) as response,
             ):
                 self._check_response(url, response)
-                return await self._read_capped(url, response.aiter_bytes())
+                async with closing_iter(response.aiter_bytes()) as chunks:
+                    return await self._read_capped(url, chunks)
         except PublicKeyFetchError:
             raise
         except Exception as exc:  # any fetch failure is a refusal, not a crash
@@ -1000,7 +1011,7 @@ async def verify_asgi(
     """
     headers = _normalize_headers(scope.get("headers", ()))
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -1009,7 +1020,9 @@ async def verify_asgi(
             if not message.get("more_body", False):
                 return
 
-    body = await _read_body(chunks(), headers.get("content-length"), verifier.max_body_size)
+    async with contextlib.aclosing(chunks()) as body_chunks:  # closed even when refused early
+        body = await _read_body(body_chunks, headers.get("content-length"),
+                                verifier.max_body_size)
     return await verifier.verify(
         str(scope.get("method", "")),
         _scope_path(scope),

@@ -11,6 +11,36 @@ from facades import Api
 
 from oss_callback import AsyncBucket, AsyncClient, RetryPolicy
 
+BACKENDS = ("asyncio", "trio")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend", action="append", choices=BACKENDS, default=None,
+        help="run async tests on this event loop only (repeatable; default: asyncio and trio)",
+    )
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs on each event loop anyio supports (anyio's pytest plugin)."""
+    backend: str = request.param
+    return backend
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    chosen = config.getoption("backend")
+    if not chosen:
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("anyio_backend") if callspec else None
+        (drop if backend is not None and backend not in chosen else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 @pytest.fixture
 def bucket_name() -> str:

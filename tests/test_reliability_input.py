@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from facades import Api
+from helpers import HTTPX_STOPPED_READ
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_helpers import (
@@ -469,6 +470,7 @@ def _huge_error(handler: Any, seen: Seen) -> None:
                 content_type="application/xml", length=len(head) + 50 * MiB)
 
 
+@HTTPX_STOPPED_READ
 async def test_a_50_mb_error_body_is_not_read_whole() -> None:
     with LocalHTTPServer(_huge_error) as server:
         async with AsyncClient(server.url, "ak", "sk", region="cn-hangzhou",

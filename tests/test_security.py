@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import anyio
 import attrs
 import httpx
 import pytest
@@ -97,15 +98,19 @@ def _captured(received: ReceivedCallback) -> Captured:
 
 
 @pytest.fixture
-async def callbacks(oss_emulator: OSSEmulator, oss_bucket: str,
-                    callback_receiver: CallbackReceiver) -> list[Captured]:
+def callbacks(oss_emulator: OSSEmulator, oss_bucket: str,
+              callback_receiver: CallbackReceiver) -> list[Captured]:
     """Two genuine callbacks the emulator sent (for objects ``a.txt`` and ``b.txt``)."""
     cb = Callback(callback_receiver.url + "/hooks/upload%20done",
                   query={"user": "alice", "tag": "a b+c"},
                   body="bucket=${bucket}&object=${object}&size=${size}&etag=${etag}")
-    async with open_api(oss_emulator, oss_bucket, "async") as api:
-        await api.put_object("a.txt", b"first object", callback=cb)
-        await api.put_object("b.txt", b"second object!", callback=cb)
+
+    async def upload() -> None:
+        async with open_api(oss_emulator, oss_bucket, "async") as api:
+            await api.put_object("a.txt", b"first object", callback=cb)
+            await api.put_object("b.txt", b"second object!", callback=cb)
+
+    anyio.run(upload)
     return [_captured(r) for r in callback_receiver.wait_for(2)]
 
 

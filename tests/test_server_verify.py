@@ -24,6 +24,7 @@ import pytest
 import respx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from helpers import HTTPX_STOPPED_READ
 from starlette.datastructures import Headers as StarletteHeaders
 
 import oss_callback
@@ -785,6 +786,7 @@ def test_key_cache_lru_and_expiry_with_a_fake_clock(private_key: rsa.RSAPrivateK
                      id="declared-oversized"),
     ],
 )
+@HTTPX_STOPPED_READ
 @pytest.mark.parametrize("mode", ["async", "sync"])
 async def test_key_fetch_failures_are_errors_not_crashes(
     private_key: rsa.RSAPrivateKey,
