@@ -1,9 +1,11 @@
-"""An OSS upload-callback server: FastAPI verifies each callback and records it in SQLite.
+"""An OSS upload-callback server: FastAPI verifies each callback, confirms it, records it.
 
 Run it::
 
     pip install 'oss-callback[fastapi]' uvicorn
-    uvicorn examples.fastapi_sqlite:app --host 0.0.0.0 --port 8000
+    export OSS_BUCKET=examplebucket OSS_ENDPOINT=https://oss-cn-hangzhou.aliyuncs.com
+    export OSS_ACCESS_KEY_ID=... OSS_ACCESS_KEY_SECRET=...     # read access to the bucket
+    uvicorn --factory examples.fastapi_sqlite:app_from_env --host 0.0.0.0 --port 8000
 
 and upload with a callback pointing at it, asking for the fields the handler records::
 
@@ -18,8 +20,16 @@ and upload with a callback pointing at it, asking for the fields the handler rec
     result = await bucket.put_object("photos/cat.jpg", data, callback=cb)
     result.callback_json()      # {"Status": "OK", "id": 1, ...}: this handler's reply
 
-Configuration (environment variables, all optional):
+Configuration (environment variables):
 
+``OSS_BUCKET`` (required)
+    Your bucket. Every callback is *confirmed* against it before it is recorded: the
+    object it names must exist there, with the size and etag it claims (a signature alone
+    proves only that OSS sent the body: OSS signs every customer's callbacks with one key,
+    so a callback signed for someone else's upload would verify too).
+``OSS_ENDPOINT``, ``OSS_REGION``, ``OSS_ACCESS_KEY_ID``, ``OSS_ACCESS_KEY_SECRET``
+    Where the bucket is, and credentials that may HEAD its objects (read by
+    :class:`oss_callback.Bucket` itself).
 ``OSS_CALLBACK_DB``
     The SQLite file (default ``uploads.db``).
 ``OSS_CALLBACK_PUBLIC_KEY``
@@ -29,8 +39,10 @@ Configuration (environment variables, all optional):
     Comma-separated hosts/URL prefixes the ``x-oss-pub-key-url`` may point at (default
     ``gosspublic.alicdn.com``; ``127.0.0.1:9000`` for a local emulator).
 
-A forged or tampered callback is answered 400 before the handler runs. The same upload may
-be reported twice (callbacks can be replayed), so rows are keyed on bucket, object and etag.
+A forged, tampered or unconfirmed callback is answered 400 before the handler runs, and
+the row records the stored object's size and etag (from the confirmation), not the body's.
+The same upload may be reported twice (callbacks can be replayed), so rows are keyed on
+bucket, object and etag.
 """
 
 import json
@@ -43,6 +55,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
 
+from oss_callback import AsyncBucket, Bucket
 from oss_callback.fastapi import callback_dependency
 from oss_callback.server import DEFAULT_KEY_HOSTS, CallbackVerifier, VerifiedCallback
 
@@ -77,21 +90,21 @@ def connect(db_path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+def record_upload(
+    db_path: str | os.PathLike[str], cb: VerifiedCallback, bucket_name: str
+) -> dict[str, Any]:
+    """Store (or find again) the upload a verified, confirmed callback reports; return its row.
 
-
-def record_upload(db_path: str | os.PathLike[str], cb: VerifiedCallback) -> dict[str, Any]:
-    """Store (or find again) the upload a verified callback reports; return its row."""
+    The size and etag come from the confirmation (the stored object), not from the body.
+    """
+    if cb.confirmed is None:
+        raise ValueError("record_upload() needs a confirmed callback (confirm_with=bucket)")
     variables = {k: v for k, v in cb.fields.items() if k not in KNOWN_FIELDS}
     row = (
-        str(cb.get("bucket", "")),
-        str(cb.get("object", "")),
-        _int_or_none(cb.get("size")),
-        str(cb.get("etag", "")),
+        bucket_name,
+        str(cb["object"]),
+        cb.confirmed.size,
+        cb.confirmed.etag,
         cb.get("mimeType"),
         json.dumps(variables, ensure_ascii=False, sort_keys=True),
     )
@@ -131,17 +144,28 @@ def verifier_from_env() -> CallbackVerifier:
 
 
 def create_app(
-    db_path: str | os.PathLike[str] = "uploads.db",
+    db_path: str | os.PathLike[str],
+    bucket: Bucket | AsyncBucket,
     verifier: CallbackVerifier | None = None,
 ) -> FastAPI:
-    """The application: ``POST /oss-callback`` (what OSS calls) and ``GET /uploads``."""
+    """The application: ``POST /oss-callback`` (what OSS calls) and ``GET /uploads``.
+
+    Every callback is verified (``verifier``) and then confirmed against ``bucket``: a sync
+    :class:`~oss_callback.Bucket` works whatever loop serves the app; an
+    :class:`~oss_callback.AsyncBucket` must belong to the serving loop.
+    """
     app = FastAPI(title="OSS upload callbacks")
-    verified_callback = callback_dependency(verifier or CallbackVerifier())
+    app.state.bucket = bucket  # e.g. to close it on shutdown
+    verified_callback = callback_dependency(
+        verifier or CallbackVerifier(),
+        confirm_with=bucket,
+        confirm_require=("size", "etag"),  # the template below always sends them
+    )
 
     # A plain ``def``: FastAPI runs it in a worker thread, so SQLite doesn't block the loop.
     @app.post("/oss-callback")
     def on_upload(cb: Annotated[VerifiedCallback, Depends(verified_callback)]) -> dict[str, Any]:
-        row = record_upload(db_path, cb)
+        row = record_upload(db_path, cb, bucket.name)
         # OSS passes this JSON back to the uploader (PutObjectResult.callback_body).
         return {"Status": "OK", "id": row["id"], "object": row["object"], "size": row["size"]}
 
@@ -152,9 +176,17 @@ def create_app(
     return app
 
 
-app = create_app(os.environ.get("OSS_CALLBACK_DB", "uploads.db"), verifier_from_env())
+def app_from_env() -> FastAPI:
+    """The app configured from the environment (``uvicorn --factory ...:app_from_env``)."""
+    name = os.environ.get("OSS_BUCKET")
+    if not name:
+        raise RuntimeError("set OSS_BUCKET to the bucket whose uploads this server records")
+    bucket = Bucket(name)  # endpoint, region and credentials from OSS_* variables
+    return create_app(os.environ.get("OSS_CALLBACK_DB", "uploads.db"), bucket,
+                      verifier_from_env())
+
 
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+    uvicorn.run(app_from_env(), host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

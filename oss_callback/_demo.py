@@ -83,6 +83,7 @@ def run_demo() -> int:
 
 async def _demo() -> int:
     from ._demo_app import make_callback_app
+    from ._sync import Bucket
     from .server import CallbackVerifier
     from .testing import OSSEmulator, ServeASGI
 
@@ -98,11 +99,16 @@ async def _demo() -> int:
             db.execute("CREATE TABLE uploads (id INTEGER PRIMARY KEY, bucket TEXT, object TEXT,"
                        " size INTEGER, etag TEXT, crc64 TEXT, uid TEXT)")
             seen: list[dict[str, Any]] = []
-            app = make_callback_app(verifier, db, seen)
-            with ServeASGI(app) as server:
+            # The app's own view of its bucket: each callback is confirmed against the stored
+            # object, so a genuinely signed callback replayed from another account is refused.
+            confirm_bucket = Bucket(BUCKET, emu.endpoint, emu.access_key_id,
+                                    emu.access_key_secret, region=emu.region,
+                                    http_client=httpx.AsyncClient(trust_env=False, timeout=60))
+            app = make_callback_app(verifier, db, seen, confirm_with=confirm_bucket)
+            with confirm_bucket, ServeASGI(app) as server:
                 out.step(f"Callback server (FastAPI) at {server.url}/oss-callback")
-                out.line("it verifies OSS's RSA signature (key fetched from the emulator's "
-                         "key URL) and records each upload in SQLite")
+                out.line("it verifies OSS's RSA signature, confirms the object against the "
+                         "bucket (HEAD with its own keys) and records each upload in SQLite")
                 path = Path(tmp) / "demo-video.bin"
                 crc = await anyio.to_thread.run_sync(_make_file, path, FILE_SIZE)
                 out.step(f"Created {path.name}: {FILE_SIZE // MiB} MiB = "

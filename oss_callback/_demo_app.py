@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
+from ._client import AsyncBucket
+from ._sync import Bucket
 from .fastapi import callback_dependency
 from .server import CallbackVerifier, VerifiedCallback
 
@@ -17,11 +19,21 @@ __all__ = ["make_callback_app"]
 
 
 def make_callback_app(
-    verifier: CallbackVerifier, db: sqlite3.Connection, seen: list[dict[str, Any]]
+    verifier: CallbackVerifier,
+    db: sqlite3.Connection,
+    seen: list[dict[str, Any]],
+    *,
+    confirm_with: Bucket | AsyncBucket | None = None,
 ) -> FastAPI:
-    """``POST /oss-callback`` records the upload in ``db``; ``/oss-callback-broken`` fails."""
+    """``POST /oss-callback`` records the upload in ``db``; ``/oss-callback-broken`` fails.
+
+    With ``confirm_with`` (the demo's bucket: a sync :class:`~oss_callback.Bucket`, or an
+    :class:`~oss_callback.AsyncBucket` of the loop serving the app), every callback is
+    also confirmed against the stored object, and the row gets the stored size and etag
+    rather than the body's (:meth:`VerifiedCallback.confirm`).
+    """
     app = FastAPI()
-    verified_callback = callback_dependency(verifier)
+    verified_callback = callback_dependency(verifier, confirm_with=confirm_with)
 
     @app.post("/oss-callback")
     async def on_upload(
@@ -29,10 +41,13 @@ def make_callback_app(
     ) -> dict[str, Any]:
         fields = dict(cb.fields)
         seen.append(fields)
+        size, etag = int(fields.get("size") or 0), fields.get("etag")
+        if cb.confirmed is not None:  # the stored object's own metadata
+            size, etag = cb.confirmed.size, cb.confirmed.etag
         cur = db.execute(
             "INSERT INTO uploads (bucket, object, size, etag, crc64, uid) VALUES (?,?,?,?,?,?)",
-            (fields.get("bucket"), fields.get("object"), int(fields.get("size") or 0),
-             fields.get("etag"), fields.get("crc64"), fields.get("uid")),
+            (fields.get("bucket"), fields.get("object"), size, etag, fields.get("crc64"),
+             fields.get("uid")),
         )
         db.commit()
         return {"Status": "OK", "recorded_id": cur.lastrowid}

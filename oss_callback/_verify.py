@@ -4,13 +4,25 @@ What is checked, in order (the first failure raises, see :class:`CallbackSignatu
 
     method is POST
     len(body) <= max_body_size
-    authorization: exactly one header, standard base64      -> the RSA signature
+    Content-Type is expected_body_type (when set)
+    authorization: exactly one header, standard base64,     -> the RSA signature
+        at most 512 bytes (a 4096-bit RSA signature)
     x-oss-pub-key-url: exactly one header, standard base64  -> the key URL (unless pinned)
-    the key URL starts with an allowed prefix               -> else no request is made at all
-    the key: pinned, cached (LRU + TTL), or fetched once    -> GET, no redirects, size-capped
+    the key URL is allowed                                  -> else no request is made at all
+        under an allowed prefix, no query, no fragment; on gosspublic.alicdn.com only
+        /callback_pub_key_v<N>.pem, always fetched over https
+    the key: pinned, cached (LRU + TTL), or fetched once    -> GET, no redirects, size-capped;
+        a failed fetch is remembered for key_failure_ttl seconds
     RSA PKCS#1 v1.5 over MD5 of
         unquote(path) [+ "?" + raw query] + "\\n" + body     (and unquote_plus(path), see below)
-    the body parses as its content type says (form or JSON object)
+    the body parses as its content type says (form or JSON object), and a form body is
+        not a JSON document (Content-Type is not signed)
+
+A signature proves OSS sent the body, not that the body talks about *your* bucket: OSS
+signs every customer's callbacks with the same key, and a body template may hold
+constants. :meth:`VerifiedCallback.confirm` closes that gap (it HEADs the object with the
+application's own credentials); :meth:`VerifiedCallback.check_secret` is the alternative
+for a per-upload secret.
 
 Why two decodings of the path: OSS signs ``url_decode(path)``, and whether its decoder turns
 ``+`` into a space (Ruby ``CGI.unescape``, PHP ``urldecode``) or keeps it (Python
@@ -24,6 +36,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
+import hmac
 import json
 import logging
 import re
@@ -39,7 +53,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 import anyio
@@ -47,9 +61,14 @@ import attrs
 import httpx
 from anyio.lowlevel import RunVar
 
-from ._errors import ClientError
+from ._errors import ClientError, OSSError, ServiceError
 from ._http import closing_iter
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._client import AsyncBucket
+    from ._models import HeadObjectResult
+    from ._sync import Bucket
 
 try:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -63,8 +82,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 __all__ = [
+    "CONFIRMABLE_FIELDS",
     "DEFAULT_KEY_HOSTS",
+    "BodyType",
     "CallbackBodyError",
+    "CallbackNotConfirmedError",
     "CallbackSignatureError",
     "CallbackVerifier",
     "PublicKeyFetchError",
@@ -83,6 +105,12 @@ DEFAULT_KEY_HOSTS: tuple[str, ...] = ("gosspublic.alicdn.com",)
 FORM_TYPE = "application/x-www-form-urlencoded"
 JSON_TYPE = "application/json"
 
+#: The two body types OSS sends (``Callback(body_type=...)``).
+BodyType: TypeAlias = Literal["application/x-www-form-urlencoded", "application/json"]
+
+#: The body fields :meth:`VerifiedCallback.confirm` checks against the stored object.
+CONFIRMABLE_FIELDS: Final = ("object", "bucket", "size", "etag", "crc64")
+
 #: Why a callback was refused (``CallbackSignatureError.reason``).
 Reason = Literal[
     "method_not_allowed",
@@ -98,6 +126,9 @@ Reason = Literal[
     "bad_signature",
     "unsupported_algorithm",
     "malformed_body",
+    "body_type_mismatch",
+    "not_confirmed",
+    "confirm_failed",
 ]
 
 #: What ``headers`` may be: a mapping, or ``(name, value)`` pairs (ASGI raw headers).
@@ -107,8 +138,19 @@ PublicKeyInput: TypeAlias = str | bytes | rsa.RSAPublicKey
 
 _MAX_KEY_URL = 2048
 _MAX_FORM_FIELDS = 10_000
-# Host or host:port, or a bracketed IPv6 literal with an optional port.
-_HOST_ENTRY = re.compile(r"^(?:[a-z0-9](?:[a-z0-9.\-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
+#: A 4096-bit RSA signature: the longest accepted (OSS's key is 512 bits: 64 bytes).
+_MAX_SIGNATURE = 512
+#: The longest base64 text that can decode to ``n`` bytes.
+_MAX_SIGNATURE_B64 = 4 * ((_MAX_SIGNATURE + 2) // 3)
+_MAX_KEY_URL_B64 = 4 * ((_MAX_KEY_URL + 2) // 3)
+#: Failed key fetches remembered at once (the oldest is forgotten first).
+_MAX_FAILURES = 256
+# Host or host:port, or a bracketed IPv6 literal with an optional port (used with fullmatch).
+_HOST_ENTRY = re.compile(r"(?:[a-z0-9](?:[a-z0-9.\-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+#: OSS's own key host, where only OSS's key paths are fetched, and only over https.
+_OSS_KEY_HOST = "gosspublic.alicdn.com"
+_OSS_KEY_URL = re.compile(r"https?://gosspublic\.alicdn\.com(/callback_pub_key_v(?:0|[1-9][0-9]{0,3})\.pem)")
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 # --------------------------------------------------------------------------- errors
@@ -117,14 +159,18 @@ _HOST_ENTRY = re.compile(r"^(?:[a-z0-9](?:[a-z0-9.\-]*[a-z0-9])?|\[[0-9a-f:.]+\]
 class CallbackSignatureError(ClientError):
     """The callback can't be trusted (or, once verified, can't be used).
 
-    Every failure of :meth:`CallbackVerifier.verify` raises this class or a subclass, so a
-    single ``except CallbackSignatureError`` (answering HTTP 400) covers them all::
+    Every failure of :meth:`CallbackVerifier.verify` and :meth:`VerifiedCallback.confirm`
+    raises this class or a subclass, so a single ``except CallbackSignatureError``
+    (answering HTTP 400) covers them all::
 
         ClientError
-        └── CallbackSignatureError   missing/malformed/wrong signature, tampered request,
-            │                        key URL outside the allowed hosts, not a POST
-            ├── PublicKeyFetchError  the public key could not be fetched or loaded
-            └── CallbackBodyError    the body is too large, or is not the form/JSON it claims
+        └── CallbackSignatureError         missing/malformed/wrong signature, tampered
+            │                              request, key URL not allowed, not a POST
+            ├── PublicKeyFetchError        the public key could not be fetched or loaded
+            ├── CallbackBodyError          the body is too large, or is not the form/JSON
+            │                              it claims (or not the expected_body_type)
+            └── CallbackNotConfirmedError  signed by OSS, but not about an object stored in
+                                           your bucket (confirm), or the wrong secret
 
     Attributes:
         reason: a short machine-readable code (:data:`Reason`), e.g. ``"bad_signature"``,
@@ -150,16 +196,33 @@ class PublicKeyFetchError(CallbackSignatureError):
     """The public key at an allowed URL could not be used.
 
     The request failed or timed out, the answer was not ``200``, it was bigger than
-    ``max_key_size``, or it was not an RSA public key in PEM.  Failures are not cached: the
-    next callback tries again.
+    ``max_key_size``, or it was not an RSA public key in PEM.  A failure is remembered for
+    ``key_failure_ttl`` seconds (60 by default): callbacks naming the same URL meanwhile are
+    refused without another request (or verified with the previous key, if there was one).
     """
 
 
 class CallbackBodyError(CallbackSignatureError):
     """The body is bigger than ``max_body_size``, or (signature valid) does not parse.
 
-    A form body must be UTF-8 ``application/x-www-form-urlencoded``; a JSON body must be a
-    JSON object.
+    A form body must be UTF-8 ``application/x-www-form-urlencoded`` and must not be a JSON
+    document (reason ``"body_type_mismatch"``: ``Content-Type`` is not signed, so a JSON
+    body replayed as a form could smuggle in fields); a JSON body must be a JSON object.
+    With ``expected_body_type`` set, any other ``Content-Type`` is refused
+    (``"body_type_mismatch"``) before the signature is checked.
+    """
+
+
+class CallbackNotConfirmedError(CallbackSignatureError):
+    """A verified callback that does not describe an object stored in your bucket.
+
+    Raised by :meth:`VerifiedCallback.confirm` (``confirm_sync``) and
+    :meth:`VerifiedCallback.check_secret`. ``reason`` is ``"not_confirmed"`` when the
+    callback names another bucket, no object, an object that doesn't exist, or one whose
+    size/etag/crc64 differ, or when the secret is missing or wrong; ``"confirm_failed"``
+    when the HEAD request itself failed (OSS unreachable, access denied: the callback may
+    be genuine, but it could not be confirmed). The :class:`~oss_callback.OSSError` of a
+    failed HEAD is the ``__cause__``.
     """
 
 
@@ -245,8 +308,19 @@ class VerifiedCallback:
         content_type: the media type of the body, lower-case, without parameters
             (``"application/x-www-form-urlencoded"`` or ``"application/json"``; ``""``
             when the request had none).
-        key_url: the public-key URL the signature was checked against, or ``None`` when
-            the key is pinned.
+        key_url: the public-key URL the key was fetched from (``https://`` for OSS's own
+            key host, whatever the header said), or ``None`` when the key is pinned.
+        confirmed: the stored object's metadata when the callback was confirmed by the
+            FastAPI dependency (``callback_dependency(..., confirm_with=bucket)``), else
+            ``None``. :meth:`confirm` returns the same thing.
+
+    Warning:
+        The signature proves that OSS sent this body, **not** that it is about your bucket:
+        OSS signs every customer's callbacks with one key, and a body template may hold
+        constants, so anyone can make OSS sign ``bucket=yours&object=paid.mp4&size=1``
+        for an upload to *their* bucket and replay it to you. Before trusting ``bucket``,
+        ``object``, ``size`` or ``etag``, call :meth:`confirm` (or use a per-upload secret,
+        :meth:`check_secret`).
     """
 
     method: str
@@ -258,6 +332,7 @@ class VerifiedCallback:
     fields: dict[str, Any]
     content_type: str
     key_url: str | None = None
+    confirmed: HeadObjectResult | None = None
 
     def get(self, name: str, default: Any = None) -> Any:
         """Return body field ``name``, or ``default`` when the body has no such field."""
@@ -270,6 +345,216 @@ class VerifiedCallback:
     def __contains__(self, name: object) -> bool:
         """Whether the body has a field ``name``."""
         return name in self.fields
+
+    # ------------------------------------------------------------------ confirmation
+
+    async def confirm(
+        self, bucket: AsyncBucket | Bucket, *, require: Iterable[str] = ()
+    ) -> HeadObjectResult:
+        """Check, with your own credentials, that this callback is about your stored object.
+
+        Defeats the cross-account replay (see the class's warning): it HEADs the object
+        named in the body's ``object`` field in ``bucket`` and checks, before and after::
+
+            object   required: a non-empty string naming an object that exists in bucket
+            bucket   if the body has it: equal to bucket.name (refused before any request)
+            size     if the body has it: equal to the stored object's size
+            etag     if the body has it: equal to its ETag (quotes and case ignored)
+            crc64    if the body has it: equal to its CRC-64
+
+        Put the fields in your ``Callback`` body template
+        (``"bucket=${bucket}&object=${object}&size=${size}&etag=${etag}"``) and list the
+        ones your template always has in ``require``: a callback without them did not
+        come from your template. ``etag`` pins the exact upload (an attacker can't know
+        it for an object they can't read). Other fields (``mimeType``, custom
+        ``${x:...}`` variables) are **not** checked: they are whatever the signed body
+        says; use :meth:`check_secret` to tie them to an upload you authorised.
+
+        Args:
+            bucket: your bucket: an :class:`~oss_callback.AsyncBucket` used on this event
+                loop, or a sync :class:`~oss_callback.Bucket` (its HEAD then runs in a
+                worker thread).
+            require: body fields that must be present besides ``object`` (any of
+                ``"bucket"``, ``"size"``, ``"etag"``, ``"crc64"``).
+
+        Returns:
+            The stored object's metadata (``size``, ``etag``, ``crc64``, ``metadata``...):
+            prefer these values to the body's.
+
+        Raises:
+            CallbackNotConfirmedError: ``reason="not_confirmed"``: a required field is
+                missing, the body names another bucket or no object, the object doesn't
+                exist, or a field differs; ``reason="confirm_failed"``: the HEAD failed
+                (network, permissions; the OSS error is the ``__cause__``).
+            ValueError: ``require`` names a field that can't be checked.
+        """
+        from ._sync import Bucket
+
+        if isinstance(bucket, Bucket):
+            confirm = functools.partial(self.confirm_sync, bucket, require=require)
+            return await anyio.to_thread.run_sync(confirm)
+        key = self._confirm_target(bucket.name, require)
+        try:
+            head = await bucket.head_object(key)
+        except (OSSError, ValueError) as exc:
+            raise _head_failed(bucket.name, key, exc) from exc
+        self._check_head(bucket.name, head)
+        return head
+
+    def confirm_sync(self, bucket: Bucket, *, require: Iterable[str] = ()) -> HeadObjectResult:
+        """The blocking twin of :meth:`confirm`, with a sync :class:`~oss_callback.Bucket`.
+
+        For WSGI apps and plain ``def`` handlers (which FastAPI runs in a worker thread).
+        Same checks, result and errors as :meth:`confirm`.
+
+        Raises:
+            TypeError: ``bucket`` is an :class:`~oss_callback.AsyncBucket` (``await
+                cb.confirm(bucket)`` instead).
+        """
+        from ._client import AsyncBucket
+
+        given: object = bucket  # a runtime check for callers without a type checker
+        if isinstance(given, AsyncBucket):
+            raise TypeError(
+                "confirm_sync() needs a sync oss_callback.Bucket; with an AsyncBucket use "
+                "'await cb.confirm(bucket)'"
+            )
+        key = self._confirm_target(bucket.name, require)
+        try:
+            head = bucket.head_object(key)
+        except (OSSError, ValueError) as exc:
+            raise _head_failed(bucket.name, key, exc) from exc
+        self._check_head(bucket.name, head)
+        return head
+
+    def check_secret(self, field: str, expected: str | None) -> None:
+        """Check a per-upload secret: the other defence against cross-account replays.
+
+        When the application authorises an upload it makes a random secret, remembers it
+        for that object, and the uploader passes it as a callback variable that the body
+        template echoes::
+
+            secret = secrets.token_urlsafe(16)          # remembered for "uploads/a.jpg"
+            Callback(url, body="object=${object}&size=${size}&nonce=${x:nonce}",
+                     variables={"x:nonce": secret})
+
+            cb.check_secret("nonce", pending.pop(cb["object"], None))   # in the handler
+
+        Someone replaying a callback signed for *their* bucket can't know the secret. It
+        proves the upload was one you authorised, not that the object is stored, nor that
+        the uploader (who knows the secret) didn't lie about the rest: use :meth:`confirm`
+        when you can.
+
+        Args:
+            field: the body field that carries the secret (``"nonce"`` above).
+            expected: the secret issued for this upload; ``None`` or ``""`` (none was
+                issued) is refused.
+
+        Raises:
+            CallbackNotConfirmedError: (``reason="not_confirmed"``) the field is missing
+                or differs (compared in constant time).
+        """
+        value = self.fields.get(field)
+        if (
+            not expected
+            or not isinstance(value, str)
+            or not hmac.compare_digest(value.encode("utf-8"), expected.encode("utf-8"))
+        ):
+            raise CallbackNotConfirmedError(
+                f"the callback's {field[:64]!r} field does not match the secret issued for "
+                "this upload",
+                reason="not_confirmed",
+            )
+
+    def _confirm_target(self, bucket_name: str, require: Iterable[str]) -> str:
+        required = _required_fields(require)
+        key = self.fields.get("object")
+        if not isinstance(key, str) or not key:
+            raise CallbackNotConfirmedError(
+                "the callback body has no object field to confirm (put object=${object} in "
+                "the Callback body)",
+                reason="not_confirmed",
+            )
+        missing = [name for name in required if name not in self.fields]
+        if missing:
+            raise CallbackNotConfirmedError(
+                f"the callback body lacks {', '.join(missing)} (required to confirm it)",
+                reason="not_confirmed",
+            )
+        if "bucket" in self.fields and self.fields["bucket"] != bucket_name:
+            raise CallbackNotConfirmedError(
+                f"the callback is about bucket {_shown(self.fields['bucket'])}, not "
+                f"{bucket_name!r}",
+                reason="not_confirmed",
+            )
+        return key
+
+    def _check_head(self, bucket_name: str, head: HeadObjectResult) -> None:
+        mismatches: list[str] = []
+        if "size" in self.fields and _as_int(self.fields["size"]) != head.size:
+            mismatches.append(f"size {_shown(self.fields['size'])} (stored: {head.size})")
+        claimed_etag = _etag(self.fields.get("etag"))
+        if "etag" in self.fields and (claimed_etag is None or claimed_etag != _etag(head.etag)):
+            mismatches.append(f"etag {_shown(self.fields['etag'])} (stored: {head.etag!r})")
+        if "crc64" in self.fields and (
+            head.crc64 is None or _as_int(self.fields["crc64"]) != head.crc64
+        ):
+            mismatches.append(f"crc64 {_shown(self.fields['crc64'])} (stored: {head.crc64})")
+        if mismatches:
+            raise CallbackNotConfirmedError(
+                f"the callback does not match oss://{bucket_name}/{head.key}: "
+                + "; ".join(mismatches),
+                reason="not_confirmed",
+            )
+
+
+def _required_fields(require: Iterable[str]) -> tuple[str, ...]:
+    names = (require,) if isinstance(require, str) else tuple(require)
+    unknown = [name for name in names if name not in CONFIRMABLE_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"require: {unknown!r} can't be confirmed; choose from {CONFIRMABLE_FIELDS!r}"
+        )
+    return names
+
+
+def _shown(value: Any) -> str:
+    """An attacker-controlled value, safe and short for a message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _etag(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip().strip('"'):
+        return None
+    return value.strip().strip('"').upper()
+
+
+def _head_failed(bucket_name: str, key: str, exc: Exception) -> CallbackNotConfirmedError:
+    where = f"oss://{bucket_name}/{_shown(key)[1:-1]}"
+    if isinstance(exc, ValueError):
+        return CallbackNotConfirmedError(
+            f"the callback names {where}, which is not a valid object key",
+            reason="not_confirmed",
+        )
+    if isinstance(exc, ServiceError) and exc.status == 404:
+        return CallbackNotConfirmedError(
+            f"the callback names {where}, which does not exist", reason="not_confirmed"
+        )
+    return CallbackNotConfirmedError(
+        f"could not HEAD {where} to confirm the callback: {type(exc).__name__}: {exc}",
+        reason="confirm_failed",
+    )
 
 
 # --------------------------------------------------------------------------- signing input
@@ -332,7 +617,7 @@ def _parse_allowed(entries: Sequence[str] | str) -> tuple[_Prefix, ...]:
             scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
             if (
                 scheme not in ("http", "https")
-                or not _HOST_ENTRY.match(netloc)
+                or not _HOST_ENTRY.fullmatch(netloc)
                 or parts.query
                 or parts.fragment
                 or "?" in entry
@@ -345,7 +630,7 @@ def _parse_allowed(entries: Sequence[str] | str) -> tuple[_Prefix, ...]:
             texts = [f"{scheme}://{netloc}{parts.path or '/'}"]
         else:
             host = entry.lower()
-            if not _HOST_ENTRY.match(host):
+            if not _HOST_ENTRY.fullmatch(host):
                 raise ValueError(
                     f"allowed_key_hosts: {entry!r} must be a host or host:port "
                     "(e.g. 'gosspublic.alicdn.com' or '127.0.0.1:9000'), or an "
@@ -381,6 +666,25 @@ def _allowed_prefix(url: str, prefixes: tuple[_Prefix, ...]) -> _Prefix | None:
             return prefix
         return None
     return None
+
+
+def _key_fetch_url(url: str, prefixes: tuple[_Prefix, ...]) -> str | None:
+    """The URL to fetch the key named by ``url`` from, or ``None`` if it is not allowed.
+
+    No I/O. Beyond the allow-list (:func:`_allowed_prefix`): no query and no fragment
+    (each would make another cache entry for the same file), and on OSS's own key host
+    only OSS's key path, fetched over https even when the header says http.
+    """
+    if "?" in url or "#" in url or _allowed_prefix(url, prefixes) is None:
+        return None
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL:
+        return None
+    if host == _OSS_KEY_HOST:
+        match = _OSS_KEY_URL.fullmatch(url)
+        return None if match is None else f"https://{_OSS_KEY_HOST}{match.group(1)}"
+    return url
 
 
 def _load_public_key(value: PublicKeyInput | None) -> rsa.RSAPublicKey | None:
@@ -426,6 +730,13 @@ def _size(minimum: int) -> Callable[[object, attrs.Attribute[Any], int], None]:
     return check
 
 
+def _body_type(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and value not in (FORM_TYPE, JSON_TYPE):
+        raise ValueError(
+            f"{attribute.name} must be None, {FORM_TYPE!r} or {JSON_TYPE!r}, got {value!r}"
+        )
+
+
 def _to_tuple(value: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -438,8 +749,12 @@ def _to_tuple(value: Sequence[str] | str) -> tuple[str, ...]:
 class _KeyCache:
     """A thread-safe LRU of fetched keys; entries expire after ``ttl`` seconds.
 
-    Expired entries stay (until the LRU bound evicts them) so that a key can be used stale
-    when refreshing it fails.
+    Two tiers of at most ``maxsize`` entries each: a key that has verified a callback
+    (``trusted``), and a key only fetched so far (a forged callback can name any allowed
+    URL, and the key there may be perfectly valid). Untrusted keys never evict trusted ones,
+    so junk URLs can't flush the real key; :meth:`promote` moves a key up once it verified
+    a signature. Expired trusted entries stay (until the LRU bound evicts them) so that a
+    key can be used stale when refreshing it fails.
     """
 
     def __init__(
@@ -450,28 +765,50 @@ class _KeyCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[float, rsa.RSAPublicKey]] = OrderedDict()
+        self._untrusted: OrderedDict[str, tuple[float, rsa.RSAPublicKey]] = OrderedDict()
+
+    def lookup(self, url: str) -> tuple[rsa.RSAPublicKey, bool] | None:
+        """``(key, trusted)`` for the fresh key for ``url``, or ``None``."""
+        now = self._clock()
+        with self._lock:
+            for tier, trusted in ((self._entries, True), (self._untrusted, False)):
+                entry = tier.get(url)
+                if entry is not None and entry[0] > now:
+                    tier.move_to_end(url)
+                    return entry[1], trusted
+            return None
 
     def get(self, url: str) -> rsa.RSAPublicKey | None:
-        """The fresh key for ``url``, or ``None``."""
-        with self._lock:
-            entry = self._entries.get(url)
-            if entry is None or entry[0] <= self._clock():
-                return None
-            self._entries.move_to_end(url)
-            return entry[1]
+        """The fresh key for ``url`` (trusted or not), or ``None``."""
+        found = self.lookup(url)
+        return None if found is None else found[0]
 
     def get_stale(self, url: str) -> rsa.RSAPublicKey | None:
-        """The key for ``url`` even if it expired, or ``None``."""
+        """The trusted key for ``url`` even if it expired, or ``None``."""
         with self._lock:
             entry = self._entries.get(url)
             return None if entry is None else entry[1]
 
-    def put(self, url: str, key: rsa.RSAPublicKey) -> None:
-        """Remember ``key`` for ``url`` (evicting the least recently used beyond the bound)."""
+    def put(self, url: str, key: rsa.RSAPublicKey, *, trusted: bool = True) -> None:
+        """Remember ``key`` for ``url`` (evicting the least recently used of its tier)."""
         if self._maxsize <= 0 or self._ttl <= 0:
             return
         with self._lock:
-            self._entries[url] = (self._clock() + self._ttl, key)
+            tier = self._entries if trusted else self._untrusted
+            tier[url] = (self._clock() + self._ttl, key)
+            tier.move_to_end(url)
+            while len(tier) > self._maxsize:
+                tier.popitem(last=False)
+            if trusted:
+                self._untrusted.pop(url, None)
+
+    def promote(self, url: str, key: rsa.RSAPublicKey) -> None:
+        """``key`` (fetched from ``url``) verified a callback: trust it."""
+        with self._lock:
+            entry = self._untrusted.pop(url, None)
+            if entry is None or entry[1] is not key:
+                return
+            self._entries[url] = entry
             self._entries.move_to_end(url)
             while len(self._entries) > self._maxsize:
                 self._entries.popitem(last=False)
@@ -480,10 +817,95 @@ class _KeyCache:
         """Forget every key."""
         with self._lock:
             self._entries.clear()
+            self._untrusted.clear()
 
     def __len__(self) -> int:
+        """How many trusted keys are kept."""
         with self._lock:
             return len(self._entries)
+
+
+class _FailureCache:
+    """Failed key fetches, remembered for ``ttl`` seconds (at most ``maxsize`` of them).
+
+    Without it every forged callback naming a dead URL would fetch it again. Failures live
+    apart from the keys: they never evict one.
+    """
+
+    def __init__(
+        self, ttl: float, maxsize: int = _MAX_FAILURES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._maxsize = maxsize
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, PublicKeyFetchError]] = OrderedDict()
+
+    def get(self, url: str) -> PublicKeyFetchError | None:
+        """The failure remembered for ``url`` (a fresh copy), or ``None``."""
+        with self._lock:
+            entry = self._entries.get(url)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[url]
+                return None
+            return _copy_error(entry[1])
+
+    def put(self, url: str, error: PublicKeyFetchError) -> None:
+        """Remember that fetching ``url`` failed with ``error``."""
+        if self._ttl <= 0:
+            return
+        with self._lock:
+            self._entries[url] = (self._clock() + self._ttl, error)
+            self._entries.move_to_end(url)
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+
+    def discard(self, url: str) -> None:
+        """Forget the failure of ``url``, if any."""
+        with self._lock:
+            self._entries.pop(url, None)
+
+    def clear(self) -> None:
+        """Forget every failure."""
+        with self._lock:
+            self._entries.clear()
+
+
+def _copy_error(error: PublicKeyFetchError) -> PublicKeyFetchError:
+    return type(error)(str(error), reason=error.reason)
+
+
+class _UrlLocks:
+    """One lock per key URL for the blocking fetches, made on demand and dropped when idle.
+
+    A slow key server then delays only the callbacks that need *its* key.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, url: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(url) or (threading.Lock(), 0)
+            self._locks[url] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[url]
+                if users <= 1:
+                    del self._locks[url]
+                else:
+                    self._locks[url] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
 
 
 @attrs.define
@@ -492,6 +914,7 @@ class _Flight:
 
     event: anyio.Event = attrs.field(factory=anyio.Event)
     key: rsa.RSAPublicKey | None = None
+    trusted: bool = False
     error: PublicKeyFetchError | None = None
 
 
@@ -509,9 +932,14 @@ class CallbackVerifier:
         verifier = CallbackVerifier(allowed_key_hosts=("127.0.0.1:9000",))   # the emulator
 
         verified = await verifier.verify(method, path, query_string, headers, body)
+        await verified.confirm(bucket)     # and it is about an object in *your* bucket
 
     A verifier holds no connections and needs no closing; share one per application (its
     key cache is thread-safe and works across event loops).
+
+    A verified signature proves that OSS sent the body, not that the body is about your
+    bucket (see :class:`VerifiedCallback`): confirm it with
+    :meth:`VerifiedCallback.confirm` before trusting ``bucket``/``object``/``size``/``etag``.
 
     Args:
         public_key: pin the key: PEM (``str``/``bytes``; DER bytes work too) or a loaded
@@ -523,8 +951,19 @@ class CallbackVerifier:
             (``"https://keys.example.com/oss/"``; with no path, ``/`` is added). A key URL
             must start with one of these (compared exactly, trailing slash included, so
             ``gosspublic.alicdn.com.evil.com`` and ``user@`` tricks don't match), and its
-            parsed scheme, host and port must agree; anything else is refused **before**
-            any request is made. ``()`` refuses every key URL.
+            parsed scheme, host and port must agree; key URLs with a query or a fragment
+            are refused too. Anything else is refused **before** any request is made.
+            ``()`` refuses every key URL. OSS's own host ``gosspublic.alicdn.com`` (the
+            default) gets stricter rules: only OSS's key path
+            ``/callback_pub_key_v<N>.pem`` is allowed there, and it is always fetched
+            over ``https://`` (an ``http://`` key URL in the header is upgraded), so
+            nobody on the network path can swap the key.
+        expected_body_type: ``"application/x-www-form-urlencoded"`` or
+            ``"application/json"``: the body type your ``Callback`` uses. A callback
+            with any other ``Content-Type`` is then refused (``Content-Type`` is not
+            signed: a JSON body replayed as a form could smuggle fields in). ``None``
+            (default) accepts both, but still refuses a form ``Content-Type`` on a body
+            that is a JSON document.
         max_body_size: callbacks with a bigger body are refused (OSS sends at most 1 MB).
         max_key_size: a key response bigger than this many bytes is refused.
         fetch_timeout: seconds allowed for fetching a key, all of it (OSS waits 5 s for the
@@ -532,7 +971,16 @@ class CallbackVerifier:
         key_cache_size: how many fetched keys are kept (least recently used evicted).
         key_cache_ttl: seconds a fetched key is used before it is fetched again. If the
             refresh fails, the expired key keeps being used (and a warning is logged).
-            ``0`` disables caching.
+            ``0`` disables caching. A key that has not yet verified a callback is kept
+            apart, so keys fetched for forged callbacks never evict the real one.
+        key_failure_ttl: seconds a failed key fetch is remembered: callbacks naming that
+            URL meanwhile fail at once (or use the expired key) instead of fetching again.
+            ``0`` disables it.
+
+    Before any fetch, a signature longer than 512 bytes (a 4096-bit RSA signature; OSS's
+    are 64) is refused as ``"malformed_signature"``. Concurrent callbacks needing the same
+    key share one fetch (:meth:`verify`: per event loop; :meth:`verify_sync`: one lock
+    per URL, so a slow key server only delays the callbacks that need its key).
 
     Warning:
         A signature proves OSS sent the body, not when: OSS signs no timestamp or nonce, so
@@ -550,11 +998,14 @@ class CallbackVerifier:
     fetch_timeout: float = attrs.field(default=5.0, validator=_positive)
     key_cache_size: int = attrs.field(default=16, validator=_size(0))
     key_cache_ttl: float = attrs.field(default=3600.0, validator=_non_negative)
+    key_failure_ttl: float = attrs.field(default=60.0, validator=_non_negative)
+    expected_body_type: BodyType | None = attrs.field(default=None, validator=_body_type)
 
     _prefixes: tuple[_Prefix, ...] = attrs.field(init=False, repr=False, eq=False)
     _cache: _KeyCache = attrs.field(init=False, repr=False, eq=False)
+    _failures: _FailureCache = attrs.field(init=False, repr=False, eq=False)
     _flights: RunVar[dict[str, _Flight]] = attrs.field(init=False, repr=False, eq=False)
-    _sync_lock: threading.Lock = attrs.field(init=False, repr=False, eq=False)
+    _url_locks: _UrlLocks = attrs.field(init=False, repr=False, eq=False, factory=_UrlLocks)
 
     @_prefixes.default
     def _make_prefixes(self) -> tuple[_Prefix, ...]:
@@ -564,13 +1015,13 @@ class CallbackVerifier:
     def _make_cache(self) -> _KeyCache:
         return _KeyCache(self.key_cache_size, float(self.key_cache_ttl))
 
+    @_failures.default
+    def _make_failures(self) -> _FailureCache:
+        return _FailureCache(float(self.key_failure_ttl))
+
     @_flights.default
     def _make_flights(self) -> RunVar[dict[str, _Flight]]:
         return RunVar(f"oss_callback_key_fetches_{id(self)}")
-
-    @_sync_lock.default
-    def _make_sync_lock(self) -> threading.Lock:
-        return threading.Lock()
 
     @property
     def key_url_prefixes(self) -> tuple[str, ...]:
@@ -578,12 +1029,21 @@ class CallbackVerifier:
         return tuple(p.text for p in self._prefixes)
 
     def is_key_url_allowed(self, url: str) -> bool:
-        """Whether the verifier would fetch a public key from ``url`` (no I/O)."""
-        return _allowed_prefix(url, self._prefixes) is not None
+        """Whether the verifier would fetch a public key for ``url`` (no I/O)."""
+        return _key_fetch_url(url, self._prefixes) is not None
+
+    def key_fetch_url(self, url: str) -> str | None:
+        """Where the key named by ``url`` would be fetched from, or ``None`` (not allowed).
+
+        The same URL, except on ``gosspublic.alicdn.com``, which is always fetched over
+        https. No I/O.
+        """
+        return _key_fetch_url(url, self._prefixes)
 
     def clear_key_cache(self) -> None:
-        """Forget every fetched key (the next callback fetches again)."""
+        """Forget every fetched key and failed fetch (the next callback fetches again)."""
         self._cache.clear()
+        self._failures.clear()
 
     # ------------------------------------------------------------------ verify
 
@@ -620,7 +1080,7 @@ class CallbackVerifier:
         prepared = self._prepare(method, path, query_string, headers, body)
         if prepared.key is None:
             assert prepared.key_url is not None
-            prepared.key = await self._key_async(prepared.key_url)
+            prepared.key, prepared.key_trusted = await self._key_async(prepared.key_url)
         return self._finish(prepared)
 
     def verify_sync(
@@ -640,7 +1100,7 @@ class CallbackVerifier:
         prepared = self._prepare(method, path, query_string, headers, body)
         if prepared.key is None:
             assert prepared.key_url is not None
-            prepared.key = self._key_sync(prepared.key_url)
+            prepared.key, prepared.key_trusted = self._key_sync(prepared.key_url)
         return self._finish(prepared)
 
     # ------------------------------------------------------------------ pure steps
@@ -671,33 +1131,53 @@ class CallbackVerifier:
                 reason="body_too_large",
             )
         hdrs = _normalize_headers(headers)
-        signature = _b64_header(hdrs, "authorization", "missing_signature", "malformed_signature")
+        content_type = hdrs.get("content-type", "").split(";", 1)[0].strip().lower()
+        if self.expected_body_type is not None and content_type != self.expected_body_type:
+            raise CallbackBodyError(
+                f"the callback's Content-Type is {content_type[:100]!r}, not the expected "
+                f"{self.expected_body_type!r}",
+                reason="body_type_mismatch",
+            )
+        signature = _b64_header(
+            hdrs, "authorization", "missing_signature", "malformed_signature",
+            max_b64=_MAX_SIGNATURE_B64, max_size=_MAX_SIGNATURE,
+        )
         prepared = _Prepared(
             method=method,
             path=raw_path,
             query=raw_query,
             headers=hdrs,
             body=body,
+            content_type=content_type,
             signature=signature,
             key=self.public_key,
             key_url=None,
         )
         if self.public_key is not None:
             return prepared
-        url_bytes = _b64_header(hdrs, "x-oss-pub-key-url", "missing_key_url", "malformed_key_url")
+        url_bytes = _b64_header(
+            hdrs, "x-oss-pub-key-url", "missing_key_url", "malformed_key_url",
+            max_b64=_MAX_KEY_URL_B64, max_size=_MAX_KEY_URL,
+        )
         try:
             key_url = url_bytes.decode("ascii")
         except UnicodeDecodeError:
             raise CallbackSignatureError(
                 "x-oss-pub-key-url is not an ASCII URL", reason="malformed_key_url"
             ) from None
-        if _allowed_prefix(key_url, self._prefixes) is None:
+        fetch_url = _key_fetch_url(key_url, self._prefixes)
+        if fetch_url is None:
+            if _allowed_prefix(key_url, self._prefixes) is None:
+                why = f"is not under an allowed prefix {self.key_url_prefixes!r}"
+            elif "?" in key_url or "#" in key_url:
+                why = "has a query or a fragment"
+            else:
+                why = f"is not OSS's key path on {_OSS_KEY_HOST} (/callback_pub_key_v<N>.pem)"
             raise CallbackSignatureError(
-                f"public key URL {key_url[:200]!r} is not under an allowed prefix "
-                f"{self.key_url_prefixes!r}; nothing was fetched",
+                f"public key URL {key_url[:200]!r} {why}; nothing was fetched",
                 reason="key_url_not_allowed",
             )
-        prepared.key_url = key_url
+        prepared.key_url = fetch_url
         return prepared
 
     def _finish(self, prepared: _Prepared) -> VerifiedCallback:
@@ -727,8 +1207,9 @@ class CallbackVerifier:
                 "callback signature does not match its path, query and body",
                 reason="bad_signature",
             )
-        content_type = prepared.headers.get("content-type", "").split(";", 1)[0]
-        content_type = content_type.strip().lower()
+        if not prepared.key_trusted and prepared.key_url is not None:
+            self._cache.promote(prepared.key_url, key)  # it verified a signature: keep it
+        content_type = prepared.content_type
         fields = _parse_body(prepared.body, content_type)
         query_text = prepared.query.decode("latin-1")
         return VerifiedCallback(
@@ -745,10 +1226,26 @@ class CallbackVerifier:
 
     # ------------------------------------------------------------------ key fetching
 
-    async def _key_async(self, url: str) -> rsa.RSAPublicKey:
-        key = self._cache.get(url)
-        if key is not None:
-            return key
+    def _known_key(self, url: str) -> tuple[rsa.RSAPublicKey, bool] | None:
+        """``(key, trusted)`` without fetching, or ``None`` when a fetch is needed.
+
+        Raises the remembered failure of ``url`` when there is no previous key to use.
+        """
+        found = self._cache.lookup(url)
+        if found is not None:
+            return found
+        error = self._failures.get(url)
+        if error is None:
+            return None
+        stale = self._cache.get_stale(url)
+        if stale is None:
+            raise error
+        return stale, True
+
+    async def _key_async(self, url: str) -> tuple[rsa.RSAPublicKey, bool]:
+        known = self._known_key(url)
+        if known is not None:
+            return known
         # Single flight: concurrent callbacks on this event loop share one fetch per URL.
         flights = self._flights.get(None)
         if flights is None:
@@ -758,14 +1255,14 @@ class CallbackVerifier:
         if flight is not None:
             await flight.event.wait()
             if flight.key is not None:
-                return flight.key
+                return flight.key, flight.trusted
             error = flight.error
             assert error is not None
-            raise type(error)(str(error), reason=error.reason)
+            raise _copy_error(error)
         flight = flights[url] = _Flight()
         try:
-            flight.key = await self._fetch_key_async(url)
-            return flight.key
+            flight.key, flight.trusted = await self._fetch_key_async(url)
+            return flight.key, flight.trusted
         except PublicKeyFetchError as exc:
             flight.error = exc
             raise
@@ -778,11 +1275,11 @@ class CallbackVerifier:
             del flights[url]
             flight.event.set()
 
-    async def _fetch_key_async(self, url: str) -> rsa.RSAPublicKey:
+    async def _fetch_key_async(self, url: str) -> tuple[rsa.RSAPublicKey, bool]:
         try:
             with anyio.fail_after(self.fetch_timeout):
                 data = await self._fetch_async(url)
-            return self._accept(url, data)
+            return self._accept(url, data), False
         except TimeoutError:
             error = PublicKeyFetchError(
                 f"fetching the public key from {url!r} timed out after {self.fetch_timeout} s",
@@ -790,21 +1287,21 @@ class CallbackVerifier:
             )
         except PublicKeyFetchError as exc:
             error = exc
-        return self._stale_or_raise(url, error)
+        return self._failed(url, error)
 
-    def _key_sync(self, url: str) -> rsa.RSAPublicKey:
-        key = self._cache.get(url)
-        if key is not None:
-            return key
-        with self._sync_lock:
-            key = self._cache.get(url)
-            if key is not None:
-                return key
+    def _key_sync(self, url: str) -> tuple[rsa.RSAPublicKey, bool]:
+        known = self._known_key(url)
+        if known is not None:
+            return known
+        with self._url_locks.hold(url):  # one fetch per URL; other URLs don't wait
+            known = self._known_key(url)
+            if known is not None:
+                return known
             try:
                 data = self._fetch_sync(url)
-                return self._accept(url, data)
+                return self._accept(url, data), False
             except PublicKeyFetchError as exc:
-                return self._stale_or_raise(url, exc)
+                return self._failed(url, exc)
 
     def _accept(self, url: str, data: bytes) -> rsa.RSAPublicKey:
         try:
@@ -815,18 +1312,21 @@ class CallbackVerifier:
             ) from None
         if not isinstance(key, rsa.RSAPublicKey):
             raise PublicKeyFetchError(f"the key at {url!r} is not an RSA key", reason="key_invalid")
-        self._cache.put(url, key)
+        self._cache.put(url, key, trusted=False)  # trusted once it verifies a callback
+        self._failures.discard(url)
         logger.info("fetched OSS callback public key from %s", url)
         return key
 
-    def _stale_or_raise(self, url: str, error: PublicKeyFetchError) -> rsa.RSAPublicKey:
+    def _failed(self, url: str, error: PublicKeyFetchError) -> tuple[rsa.RSAPublicKey, bool]:
+        """Remember the failure; use the expired key if there is one, else raise."""
+        self._failures.put(url, error)
         stale = self._cache.get_stale(url)
         if stale is None:
             raise error
         logger.warning(
             "refreshing the public key from %s failed (%s); using the old one", url, error.reason
         )
-        return stale
+        return stale, True
 
     def _too_large(self, url: str) -> PublicKeyFetchError:
         return PublicKeyFetchError(
@@ -910,12 +1410,17 @@ class _Prepared:
     query: bytes
     headers: _Headers
     body: bytes
+    content_type: str
     signature: bytes
     key: rsa.RSAPublicKey | None
     key_url: str | None
+    key_trusted: bool = True
 
 
-def _b64_header(headers: _Headers, name: str, missing: Reason, malformed: Reason) -> bytes:
+def _b64_header(
+    headers: _Headers, name: str, missing: Reason, malformed: Reason, *, max_b64: int,
+    max_size: int,
+) -> bytes:
     values = headers.getlist(name)
     if not values:
         raise CallbackSignatureError(f"the callback has no {name} header", reason=missing)
@@ -923,12 +1428,21 @@ def _b64_header(headers: _Headers, name: str, missing: Reason, malformed: Reason
         raise CallbackSignatureError(
             f"the callback has {len(values)} {name} headers", reason=malformed
         )
+    text = values[0].strip()
+    if len(text) > max_b64:  # checked before decoding (and before any fetch)
+        raise CallbackSignatureError(
+            f"the {name} header is longer than {max_b64} characters", reason=malformed
+        )
     try:
-        decoded = base64.b64decode(values[0].strip().encode("ascii"), validate=True)
+        decoded = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise CallbackSignatureError(f"the {name} header is not base64", reason=malformed) from None
     if not decoded:
         raise CallbackSignatureError(f"the {name} header is empty", reason=malformed)
+    if len(decoded) > max_size:
+        raise CallbackSignatureError(
+            f"the {name} header decodes to more than {max_size} bytes", reason=malformed
+        )
     return decoded
 
 
@@ -947,6 +1461,15 @@ def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
             )
         return value
     if content_type in (FORM_TYPE, ""):  # OSS's default body type is the form
+        if body.lstrip(b" \t\r\n").removeprefix(_UTF8_BOM).lstrip(b" \t\r\n")[:1] in (
+            b"{", b"[",
+        ):
+            # Content-Type is not signed: a JSON body (signed as JSON) replayed as a form
+            # would have its string values split on "&" into fields of their own.
+            raise CallbackBodyError(
+                "the callback body is a JSON document but its Content-Type says form data",
+                reason="body_type_mismatch",
+            )
         try:
             text = body.decode("utf-8")
             pairs = parse_qsl(

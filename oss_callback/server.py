@@ -9,9 +9,19 @@ After storing an object, OSS POSTs the callback body to your server, signed with
 
     try:
         cb = await verifier.verify(method, raw_path, query_string, headers, body)
+        head = await cb.confirm(bucket)    # about an object stored in YOUR bucket?
     except CallbackSignatureError:
         ...                                # answer 400: OSS reports a callback failure
-    cb.fields["object"], cb.fields["size"] # the parsed body (form fields or JSON object)
+    cb.fields["object"], head.size, head.etag   # the body, and the stored object's metadata
+
+Why ``confirm``: the signature proves OSS sent the body, not that it is about your bucket.
+OSS signs every customer's callbacks with the same key and a body template may hold
+constants, so anyone can upload to *their own* bucket with a body saying
+``bucket=yours&object=videos/paid.mp4&size=1048576``, capture the signed POST and replay it
+to you: it verifies. :meth:`VerifiedCallback.confirm` (``confirm_sync`` with a sync
+``Bucket``) HEADs the named object with your credentials and checks that the bucket is
+yours and that ``size``/``etag``/``crc64`` (those the body has) match; the other option is
+a per-upload secret, :meth:`VerifiedCallback.check_secret`.
 
 Answer a verified callback with HTTP 200 and a JSON body: OSS hands that JSON back to the
 uploader (``PutObjectResult.callback_body``). Anything else makes the upload raise
@@ -23,9 +33,10 @@ FastAPI users: :mod:`oss_callback.fastapi`. Starlette and plain ASGI:
 
 The errors (all of them are :class:`oss_callback.ClientError`, so :class:`oss_callback.OSSError`)::
 
-    CallbackSignatureError      not authentic, or can't be checked (.reason says why)
-    ├── PublicKeyFetchError     the public key could not be fetched or loaded
-    └── CallbackBodyError       the body is too large, or not the form/JSON it claims
+    CallbackSignatureError          not authentic, or can't be checked (.reason says why)
+    ├── PublicKeyFetchError         the public key could not be fetched or loaded
+    ├── CallbackBodyError           the body is too large, or not the form/JSON it claims
+    └── CallbackNotConfirmedError   authentic, but not about an object in your bucket
 
 Needs ``cryptography``: ``pip install 'oss-callback[server]'``.
 """
@@ -33,8 +44,11 @@ Needs ``cryptography``: ``pip install 'oss-callback[server]'``.
 from __future__ import annotations
 
 from ._verify import (
+    CONFIRMABLE_FIELDS,
     DEFAULT_KEY_HOSTS,
+    BodyType,
     CallbackBodyError,
+    CallbackNotConfirmedError,
     CallbackSignatureError,
     CallbackVerifier,
     PublicKeyFetchError,
@@ -46,8 +60,11 @@ from ._verify import (
 )
 
 __all__ = [
+    "CONFIRMABLE_FIELDS",
     "DEFAULT_KEY_HOSTS",
+    "BodyType",
     "CallbackBodyError",
+    "CallbackNotConfirmedError",
     "CallbackSignatureError",
     "CallbackVerifier",
     "PublicKeyFetchError",

@@ -1,8 +1,10 @@
 """The README's examples, executed against the emulator so they can't rot.
 
-The only edits made to each example: the cloud endpoint becomes the emulator's, the
-callback URL becomes a local receiver's, and the FastAPI example's verifier is told to trust
-the emulator's key host (instead of gosspublic.alicdn.com).
+The only edits made to each example: the cloud endpoint becomes the emulator's (and the
+credentials come from the environment, as the examples expect), the callback URL becomes a
+local receiver's, the proxy and CA of the HTTP example become a local proxy's and the
+emulator's, and the FastAPI example's verifier is told to trust the emulator's key host
+(instead of gosspublic.alicdn.com).
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def test_fastapi_example(oss_emulator: Any, tmp_path: Path,
 
     host = oss_emulator.endpoint.split("://", 1)[1]
     code = block("callback_dependency").replace(
-        "CallbackVerifier()", f"CallbackVerifier(allowed_key_hosts=({host!r},))")
+        "CallbackVerifier()", f"CallbackVerifier(allowed_key_hosts=({host!r},))").replace(
+        CLOUD_ENDPOINT, oss_emulator.endpoint)
+    for name, value in emu_env(oss_emulator).items():  # the bucket's credentials and region
+        if name.startswith("OSS_"):
+            monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)  # the example writes uploads.db in the working directory
     namespace: dict[str, Any] = {"__name__": "readme_fastapi_example"}
     exec(compile(code, "README.md", "exec"), namespace)
@@ -98,9 +104,12 @@ def test_fastapi_example(oss_emulator: Any, tmp_path: Path,
                 "from-readme", b"xyz", callback=Callback(
                     url + "/oss-callback", body="object=${object}&size=${size}&etag=${etag}"))
 
-    with ServeASGI(namespace["app"]) as server:
-        result = anyio.run(upload, server.url, False)
-        forged = anyio.run(upload, server.url, True)
+    try:
+        with ServeASGI(namespace["app"]) as server:
+            result = anyio.run(upload, server.url, False)
+            forged = anyio.run(upload, server.url, True)
+    finally:
+        namespace["bucket"].close()  # the example's sync Bucket (used to confirm callbacks)
     assert result.callback_json() == {"Status": "OK", "object": "from-readme"}
     assert forged.status_code == 400
     rows = namespace["db"].execute("SELECT object, size, etag FROM uploads").fetchall()

@@ -105,7 +105,7 @@ def signed_headers(
     path: bytes = b"/cb",
     query: bytes = b"",
     body: bytes = b"bucket=b&object=o",
-    key_url: str = "http://gosspublic.alicdn.com/k.pem",
+    key_url: str = "http://gosspublic.alicdn.com/callback_pub_key_v1.pem",
     content_type: str = "application/x-www-form-urlencoded",
 ) -> dict[str, str]:
     return {
@@ -216,16 +216,20 @@ def test_string_to_sign_matches_the_documented_one() -> None:
     assert callback_string_to_sign(b"/a%2Bb", b"q=%2B", b"") == b"/a+b?q=%2B\n"
 
 
-@respx.mock(assert_all_mocked=True)
+@respx.mock(assert_all_mocked=True, assert_all_called=False)
 async def test_documented_vector_verifies_with_the_key_fetched_from_gosspublic(
     respx_mock: respx.MockRouter,
 ) -> None:
-    route = respx_mock.get(DOC_KEY_URL).mock(return_value=httpx.Response(200, content=DOC_PEM))
+    # The documented header says http://; the key is fetched over https all the same.
+    https_url = DOC_KEY_URL.replace("http://", "https://")
+    route = respx_mock.get(https_url).mock(return_value=httpx.Response(200, content=DOC_PEM))
+    plain = respx_mock.get(DOC_KEY_URL).mock(return_value=httpx.Response(200, content=DOC_PEM))
     verifier = CallbackVerifier()  # default: gosspublic.alicdn.com only
     for _ in range(3):
         cb = await verifier.verify("POST", DOC_PATH, DOC_QUERY, doc_headers(), DOC_BODY)
-        assert cb.key_url == DOC_KEY_URL
+        assert cb.key_url == https_url
     assert route.call_count == 1  # cached
+    assert not plain.called
 
 
 @pytest.mark.parametrize(
@@ -569,6 +573,9 @@ def test_allowed_key_hosts_forms() -> None:
                                         "https://gosspublic.alicdn.com/")
     assert default.is_key_url_allowed("https://gosspublic.alicdn.com/callback_pub_key_v1.pem")
     assert default.is_key_url_allowed(DOC_KEY_URL)
+    assert default.key_fetch_url(DOC_KEY_URL) == (
+        "https://gosspublic.alicdn.com/callback_pub_key_v1.pem")  # http is upgraded
+    assert not default.is_key_url_allowed("https://gosspublic.alicdn.com/k.pem")  # OSS path only
 
     custom = CallbackVerifier(
         allowed_key_hosts=("127.0.0.1:9000", "https://keys.example.com/oss/",
@@ -744,7 +751,7 @@ async def test_expired_key_is_refetched_and_used_stale_if_refresh_fails(
     assert cb.fields == {"object": "o"}
     cb = verifier.verify_sync("POST", "/cb", "", headers, body)
     assert cb.fields == {"object": "o"}
-    assert key_server.hit_count() == 4
+    assert key_server.hit_count() == 3  # the failed refresh is remembered, not retried
 
 
 def test_key_cache_lru_and_expiry_with_a_fake_clock(private_key: rsa.RSAPrivateKey) -> None:
@@ -806,8 +813,14 @@ async def test_key_fetch_failures_are_errors_not_crashes(
     assert info.value.reason == reason
     assert isinstance(info.value, CallbackSignatureError)
     assert key_server.hit_count() == 1
-    # Failures are not cached: once the key is served, the next callback goes through.
+    # The failure is remembered (key_failure_ttl): the next callback fails without a fetch...
     key_server.serve("/k.pem", pem_of(private_key))
+    with pytest.raises(PublicKeyFetchError) as again:
+        await verify_in(mode, verifier, "POST", "/cb", "", cb_headers, cb_body)
+    assert again.value.reason == reason
+    assert key_server.hit_count() == 1
+    # ...until it is forgotten: then the key is fetched again and the callback goes through.
+    verifier.clear_key_cache()
     cb = await verifier.verify("POST", "/cb", "", cb_headers, cb_body)
     assert cb.fields == {"object": "o"}
     assert key_server.hit_count() == 2
@@ -952,7 +965,8 @@ async def test_verify_asgi_stops_reading_an_undeclared_oversized_body() -> None:
 
 def test_public_names() -> None:
     assert set(server.__all__) == {
-        "DEFAULT_KEY_HOSTS", "CallbackBodyError", "CallbackSignatureError", "CallbackVerifier",
+        "CONFIRMABLE_FIELDS", "DEFAULT_KEY_HOSTS", "BodyType", "CallbackBodyError",
+        "CallbackNotConfirmedError", "CallbackSignatureError", "CallbackVerifier",
         "PublicKeyFetchError", "Reason", "VerifiedCallback", "callback_string_to_sign",
         "verify_asgi", "verify_starlette_request",
     }
@@ -965,7 +979,9 @@ def test_error_tree_and_pickling() -> None:
     assert issubclass(CallbackSignatureError, oss_callback.OSSError)
     assert issubclass(PublicKeyFetchError, CallbackSignatureError)
     assert issubclass(CallbackBodyError, CallbackSignatureError)
-    for cls in (CallbackSignatureError, PublicKeyFetchError, CallbackBodyError):
+    assert issubclass(server.CallbackNotConfirmedError, CallbackSignatureError)
+    for cls in (CallbackSignatureError, PublicKeyFetchError, CallbackBodyError,
+                server.CallbackNotConfirmedError):
         err = cls("boom", reason="key_too_large")
         copy = pickle.loads(pickle.dumps(err))
         assert type(copy) is cls
