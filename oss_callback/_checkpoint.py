@@ -1,9 +1,15 @@
 """Checkpoint files for resumable uploads: versioned JSON with a checksum, written atomically.
 
-A checkpoint holds no secret: bucket, key, upload id, the source file's identity (path, size,
-mtime, inode), the part size, per-part number/offset/size/etag/crc64, and digests of the
-callback and headers.  It is written to a temp file, fsynced, and ``os.replace``-d over the
-old one after every completed part, with mode 0600.
+A checkpoint holds no secret: bucket, key, upload id, when the upload was initiated, the
+source file's identity (path, size, mtime, ctime, inode), the part size, per-part
+number/offset/size/etag/crc64 (the etag is the part's MD5 as OSS returned it), and digests of
+the callback and headers.  It is written to a temp file, fsynced, and ``os.replace``-d over
+the old one, with mode 0600.
+
+Format versions: 2 (this one) added ``file.ctime_ns`` and ``initiated_ms``.  A version-1
+checkpoint is still read, with both ``None`` (unknown): its parts are re-verified against the
+file before they are kept, and a lost Complete is never recovered from it (see
+:mod:`oss_callback._resumable`).  Versions above 2 are refused as "newer".
 """
 
 from __future__ import annotations
@@ -30,24 +36,33 @@ __all__ = [
 ]
 
 FORMAT = "oss_callback.resumable_upload"
-VERSION = 1
+VERSION = 2
+#: Oldest format this version reads (older fields get ``None``: unknown, never trusted).
+MIN_VERSION = 1
 MAX_CHECKPOINT_BYTES = 8 * 1024 * 1024  # 10,000 parts fit comfortably
 
 
 @attrs.frozen(kw_only=True)
 class FileIdentity:
-    """What proves the source file unchanged between runs."""
+    """What suggests the source file is unchanged between runs (never proves it).
+
+    ``ctime_ns`` is the inode change time: tools that rewrite a file and restore its mtime
+    (``os.utime``, rsync, tar, backups) cannot restore it.  ``None`` means unknown (a
+    format-1 checkpoint).  Timestamps are coarse on some file systems (1-2 s; jiffies on
+    Linux), so an equal identity is still no proof: kept parts are re-verified by CRC-64.
+    """
 
     path: str
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int | None = None
 
     @classmethod
     def of(cls, path: str) -> FileIdentity:
         st = os.stat(path)
         return cls(path=os.path.abspath(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                   inode=st.st_ino)
+                   inode=st.st_ino, ctime_ns=st.st_ctime_ns)
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +89,10 @@ class Checkpoint:
     headers_digest: str
     callback_digest: str | None
     parts: dict[int, PartRecord] = attrs.field(factory=dict)
+    #: Unix time in ms (local clock) just before InitiateMultipartUpload was sent; ``None``
+    #: if unknown (a format-1 checkpoint). A lost Complete is recovered only from an object
+    #: written after it.
+    initiated_ms: int | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -85,6 +104,7 @@ class Checkpoint:
             "part_size": self.part_size,
             "headers_digest": self.headers_digest,
             "callback_digest": self.callback_digest,
+            "initiated_ms": self.initiated_ms,
             "parts": [
                 {"number": p.number, "offset": p.offset, "size": p.size, "etag": p.etag,
                  "crc64": p.crc64}
@@ -123,26 +143,35 @@ def _decode(cls: type[Checkpoint], data: bytes, path: str) -> Checkpoint:
             "checkpoint_file= or delete it"
         )
     version = doc.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version < MIN_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has an unknown format version {version}; {delete_hint}"
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
         raise CheckpointError(
             f"checkpoint {path} was written by a newer oss_callback (format version "
-            f"{version}, this one reads {VERSION}); upgrade oss_callback or {delete_hint}"
+            f"{version}, this one reads {MIN_VERSION}..{VERSION}); upgrade oss_callback or "
+            f"{delete_hint}"
         )
     payload = doc.get("payload")
     if not isinstance(payload, dict) or doc.get("checksum") != _checksum(payload):
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch); {delete_hint}")
     try:
-        _check_types(payload)
+        _check_types(payload, version)
+        file = dict(payload["file"])
+        if version < 2:
+            file.pop("ctime_ns", None)  # not written by format 1: unknown
         return cls(
             endpoint=str(payload["endpoint"]),
             bucket=str(payload["bucket"]),
             key=str(payload["key"]),
             upload_id=str(payload["upload_id"]),
-            file=FileIdentity(**payload["file"]),
+            file=FileIdentity(**file),
             part_size=int(payload["part_size"]),
             headers_digest=str(payload["headers_digest"]),
             callback_digest=payload["callback_digest"],
             parts={int(p["number"]): PartRecord(**p) for p in payload["parts"]},
+            initiated_ms=payload["initiated_ms"] if version >= 2 else None,
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {path} is malformed ({e}); {delete_hint}") from None
@@ -153,10 +182,16 @@ def _int(value: object, what: str) -> None:
         raise ValueError(f"{what} must be a non-negative integer")
 
 
-def _check_types(payload: dict[str, Any]) -> None:
+def _check_types(payload: dict[str, Any], version: int) -> None:
     _int(payload["part_size"], "part_size")
     for name in ("size", "mtime_ns", "inode"):
         _int(payload["file"][name], f"file.{name}")
+    if version >= 2:
+        # present in every format-2 checkpoint; None only when carried over from format 1
+        if payload["file"]["ctime_ns"] is not None:
+            _int(payload["file"]["ctime_ns"], "file.ctime_ns")
+        if payload["initiated_ms"] is not None:
+            _int(payload["initiated_ms"], "initiated_ms")
     if not isinstance(payload["parts"], list):
         raise ValueError("parts must be a list")
     for part in payload["parts"]:

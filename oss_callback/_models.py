@@ -37,10 +37,17 @@ class PutObjectResult:
         request_id: ``x-oss-request-id``.
         version_id: ``x-oss-version-id`` for versioned buckets, else ``None``.
         callback_status: the HTTP status of the upload response when a callback was
-            attached (200, or 203 inside a :class:`CallbackError`), else ``None``.
-        callback_body: what the callback server answered (passed through by OSS), or ``None``.
+            attached (200, or 203 inside a :class:`CallbackError`), else ``None``: no
+            callback was attached, or (``recovered=True``) whether it ran is unknown.
+        callback_body: what the callback server answered (passed through by OSS), or ``None``
+            (none attached, or unknown).
         upload_id: the multipart upload id (``None`` when a single PutObject was used).
         size: the number of bytes uploaded, when known.
+        recovered: ``True`` when ``resumable_upload`` found that a previous run's
+            CompleteMultipartUpload had succeeded but its answer was lost (a crash, a dropped
+            connection): the object was proven to be this upload's (multipart ETag, size,
+            CRC-64, written after the Initiate) and is described from HeadObject, so
+            ``request_id`` is the HeadObject's and the callback's outcome is unknown.
     """
 
     key: str
@@ -52,6 +59,7 @@ class PutObjectResult:
     callback_body: bytes | None = None
     upload_id: str | None = None
     size: int | None = None
+    recovered: bool = False
 
     def callback_json(self) -> object:
         """The callback server's reply parsed as JSON (``None`` when there is none).

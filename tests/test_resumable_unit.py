@@ -2,31 +2,53 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import os
+import pickle
 import stat
+from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oss_callback import CheckpointError
+from oss_callback import (
+    CallbackUnknownError,
+    CheckpointError,
+    ClientError,
+    OSSError,
+    PutObjectResult,
+)
 from oss_callback._checkpoint import (
+    FORMAT,
+    VERSION,
     Checkpoint,
     FileIdentity,
     PartRecord,
+    _checksum,
     default_checkpoint_path,
     read_checkpoint,
     write_checkpoint,
 )
+from oss_callback._crc64 import crc64
+from oss_callback._models import HeadObjectResult
 from oss_callback._resumable import (
     DEFAULT_PART_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    VERIFY_UNIT,
+    _file_crcs,
+    _verify_units,
+    _written_after,
     choose_part_size,
+    multipart_etag,
     plan_parts,
 )
 
@@ -174,3 +196,156 @@ def test_default_checkpoint_path_is_outside_the_source_folder(
     assert Path(default_checkpoint_path("http://e", "bkt", "key", str(src))).parent == (
         tmp_path / "override"
     )
+
+
+# --------------------------------------------------------------------------- format 2
+
+
+def _document(payload: dict[str, Any], version: int) -> bytes:
+    return json.dumps({"format": FORMAT, "version": version, "checksum": _checksum(payload),
+                       "payload": payload}).encode()
+
+
+def test_checkpoint_format_2_records_ctime_and_the_initiate_time(tmp_path: Path) -> None:
+    ckpt = attrs.evolve(_checkpoint(tmp_path), initiated_ms=1_700_000_000_123)
+    src = tmp_path / "src.bin"
+    assert ckpt.file.ctime_ns == os.stat(src).st_ctime_ns
+    doc = json.loads(ckpt.encode())
+    assert VERSION == doc["version"] == 2
+    assert doc["payload"]["file"]["ctime_ns"] == os.stat(src).st_ctime_ns
+    assert doc["payload"]["initiated_ms"] == 1_700_000_000_123
+    assert Checkpoint.decode(ckpt.encode()) == ckpt
+
+
+def test_format_1_checkpoint_is_read_with_ctime_and_initiate_time_unknown(
+    tmp_path: Path,
+) -> None:
+    ckpt = _checkpoint(tmp_path)
+    payload = ckpt.to_payload()
+    del payload["file"]["ctime_ns"], payload["initiated_ms"]  # as format 1 wrote it
+    loaded = Checkpoint.decode(_document(payload, 1))
+    assert loaded.file.ctime_ns is None and loaded.initiated_ms is None
+    assert loaded.parts == ckpt.parts and loaded.upload_id == ckpt.upload_id
+    # an unknown ctime never equals a real file's identity: the parts get re-verified
+    assert loaded.file != FileIdentity.of(str(tmp_path / "src.bin"))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: p["file"].pop("ctime_ns"),
+        lambda p: p.pop("initiated_ms"),
+        lambda p: p["file"].update(ctime_ns=-1),
+        lambda p: p["file"].update(ctime_ns="1"),
+        lambda p: p.update(initiated_ms=1.5),
+        lambda p: p.update(initiated_ms=True),
+    ],
+    ids=["no-ctime", "no-initiated", "negative-ctime", "string-ctime", "float-initiated",
+         "bool-initiated"],
+)
+def test_format_2_checkpoint_without_its_new_fields_is_malformed(
+    tmp_path: Path, mutate: Any
+) -> None:
+    payload = attrs.evolve(_checkpoint(tmp_path), initiated_ms=1).to_payload()
+    mutate(payload)
+    with pytest.raises(CheckpointError, match="malformed"):
+        Checkpoint.decode(_document(payload, 2), "c.json")
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_unknown_old_format_version_is_refused(tmp_path: Path, version: int) -> None:
+    with pytest.raises(CheckpointError, match="unknown format version"):
+        Checkpoint.decode(_document(_checkpoint(tmp_path).to_payload(), version))
+
+
+# --------------------------------------------------------------------------- proof helpers
+
+
+def test_multipart_etag_is_the_md5_of_the_parts_md5s_and_their_count() -> None:
+    parts = [os.urandom(1000 + n) for n in range(3)]
+    etags = [hashlib.md5(p).hexdigest().upper() for p in parts]
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    assert multipart_etag(etags) == expected.upper() + "-3"
+    assert multipart_etag([e.lower() for e in etags]) == expected.upper() + "-3"
+    # an ETag that isn't a hex MD5 makes the object's ETag unpredictable: no proof
+    assert multipart_etag([*etags[:2], "Z" * 32]) is None
+    assert multipart_etag([*etags[:2], etags[2] + "-1"]) is None
+
+
+NOW = 1_700_000_000.4  # the local clock when the Initiate was sent
+
+
+def _head(last_modified: str | None, date: str | None) -> HeadObjectResult:
+    return HeadObjectResult(key="k", size=1, etag="E", last_modified=last_modified,
+                            headers={"date": date} if date else {})
+
+
+@pytest.mark.parametrize("server_ahead", [0.0, 3600.0, -3600.0, 0.7])
+def test_written_after_the_initiate_measures_the_clock_offset(server_ahead: float) -> None:
+    answered = NOW + 100  # local time when the HeadObject was answered, 100 s later
+    date = formatdate(answered + server_ahead, usegmt=True)
+
+    def written(seconds_after_initiate: float) -> bool:
+        lm = formatdate(NOW + server_ahead + seconds_after_initiate, usegmt=True)
+        return _written_after(_head(lm, date), NOW, answered)
+
+    assert written(1)  # completed after the Initiate, on OSS's clock
+    assert written(0)  # in the same second (Last-Modified has whole seconds)
+    assert not written(-60)  # an object from a minute before this upload began
+    assert not written(-3600 * 24)
+
+
+def test_written_after_without_a_date_header_allows_the_skew_oss_tolerates() -> None:
+    answered = NOW + 100
+
+    def written(seconds_after_initiate: float) -> bool:
+        lm = formatdate(NOW + seconds_after_initiate, usegmt=True)
+        return _written_after(_head(lm, None), NOW, answered)
+
+    assert written(1) and written(-600)  # within 15 minutes: can't tell, allowed
+    assert not written(-1000)
+
+
+@pytest.mark.parametrize("last_modified", [None, "", "yesterday"])
+def test_no_usable_last_modified_is_no_proof(last_modified: str | None) -> None:
+    assert not _written_after(_head(last_modified, formatdate(NOW, usegmt=True)), NOW, NOW)
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 3 * VERIFY_UNIT), st.integers(MIN_PART_SIZE, VERIFY_UNIT + 1),
+       st.data())
+def test_verify_units_cover_each_range_once_in_contiguous_bounded_hops(
+    size: int, part_size: int, data: st.DataObject
+) -> None:
+    plan = plan_parts(size, part_size)
+    chosen = data.draw(st.lists(st.sampled_from(plan), unique=True) if plan else st.just([]))
+    units = _verify_units(chosen)
+    flat = [r for unit in units for r in unit]
+    assert sorted(flat) == sorted(chosen)
+    assert [o for _, o, _ in flat] == sorted(o for _, o, _ in chosen)  # file order
+    for unit in units:
+        assert unit
+        assert len(unit) == 1 or sum(n for _, _, n in unit) <= VERIFY_UNIT
+        assert all(a[1] + a[2] == b[1] for a, b in itertools.pairwise(unit))
+
+
+def test_file_crcs_are_the_crcs_of_the_ranges(tmp_path: Path) -> None:
+    data = os.urandom(3 * MIN_PART_SIZE + 17)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    plan = plan_parts(len(data), MIN_PART_SIZE)
+    assert _file_crcs(str(src), plan) == {
+        n: crc64(data[o:o + length]) for n, o, length in plan}
+    src.write_bytes(data[:-1])  # shorter than planned: the last CRC can't match
+    assert _file_crcs(str(src), plan[-1:])[4] != crc64(data[-17:])
+
+
+def test_callback_unknown_error_is_a_client_error_carrying_the_result() -> None:
+    result = PutObjectResult(key="k", etag="E-2", upload_id="U", recovered=True)
+    error = CallbackUnknownError("object 'k' is stored; callback unknown", result=result)
+    assert isinstance(error, ClientError) and isinstance(error, OSSError)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is CallbackUnknownError
+    assert again.result == result and str(again) == str(error)
+    assert result.callback_status is None and result.callback_body is None
+    assert not PutObjectResult(key="k", etag="E").recovered  # the default

@@ -5,7 +5,12 @@ resume it, and check that
 * the resume re-sends what the crash lost and at most ``concurrency x part_size`` more
   (measured from the emulator's request log: the parts OSS held at the moment of the crash
   versus the UploadPart bytes the resume sent);
-* no upload that holds parts is left behind.
+* no upload that holds parts is left behind;
+* every third round, between the kill and the resume, rewrites a region of the file that
+  OSS already holds at the same size and restores its mtime (``os.utime``, as rsync, tar and
+  backup tools do): the object must be the NEW file, and the parts holding the region are
+  re-sent on top of what the crash lost (issue #14: such a resume stored the old bytes);
+* a rerun that finds the object already completed by the killed run says ``recovered``.
 
 ``test_crash_resume_soak`` (20 rounds) is marked ``soak``: ``nox -s soak`` or
 ``pytest -m soak``. ``test_crash_resume_quick`` (3 rounds) runs with the normal suite.
@@ -68,6 +73,9 @@ class Round:
     held_bytes: int = 0
     resent_bytes: int = 0
     restarted: bool = False
+    rewritten: tuple[int, int] | None = None  # (offset, length) rewritten after the kill
+    rewritten_held_bytes: int = 0  # bytes of parts OSS held that the rewrite changed
+    recovered: bool = False
 
 
 def _progress(path: Path) -> int:
@@ -75,6 +83,16 @@ def _progress(path: Path) -> int:
         return int(path.read_text() or 0)
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def _rewrite_keeping_mtime(path: Path, offset: int, length: int, rng: random.Random) -> bytes:
+    """Overwrite ``length`` bytes at ``offset`` (same size), restore the mtime; new content."""
+    before = os.stat(path)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(rng.randbytes(length))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return path.read_bytes()
 
 
 def _upload_ids(recs: list[RequestRecord]) -> set[str]:
@@ -126,14 +144,27 @@ def crash_and_resume(emu: OSSEmulator, bucket: str, tmp_path: Path, rng: random.
             if r.operation == "UploadPart" and r.key == key and r.status == 200}
     info.completed_before_kill = any(r.operation == "CompleteMultipartUpload"
                                      and r.status == 200 for r in before)
+    if number % 3 == 1:
+        # rewrite part of a part OSS holds (any part if none), keeping size and mtime
+        part = rng.choice(sorted(held)) if held else rng.randint(1, parts)
+        start = (part - 1) * PART
+        part_len = min(PART, size - start)
+        offset = start + rng.randrange(part_len)
+        length = rng.randint(1, start + part_len - offset)
+        data = _rewrite_keeping_mtime(src, offset, length, rng)
+        info.rewritten = (offset, length)
+        info.rewritten_held_bytes = held.get(part, 0)
+        where = f"seed {seed}, round {number} ({info})"
 
     with Client(emu.endpoint, emu.access_key_id, emu.access_key_secret,
                 region=emu.region) as client:
         result = client.get_bucket(bucket).resumable_upload(
             key, src, part_size=PART, concurrency=concurrency,
             checkpoint_file=files["ckpt"])
-    wait_until(lambda: any(r.operation == "CompleteMultipartUpload" and r.key == key
-                           for r in emu.requests[mark:]), 10, what=f"Complete ({where})")
+    info.recovered = result.recovered
+    if not result.recovered:
+        wait_until(lambda: any(r.operation == "CompleteMultipartUpload" and r.key == key
+                               for r in emu.requests[mark:]), 10, what=f"Complete ({where})")
     after = emu.requests[mark:]
 
     assert emu.get_object(bucket, key) == data, where
@@ -143,8 +174,11 @@ def crash_and_resume(emu: OSSEmulator, bucket: str, tmp_path: Path, rng: random.
                             if r.operation == "UploadPart" and r.key == key)
     info.restarted = bool(_upload_ids(after) - _upload_ids(before))
     info.held_bytes = 0 if info.restarted else sum(held.values())
+    if info.recovered:  # only when the killed run's Complete went through, for these bytes
+        assert info.completed_before_kill and info.rewritten is None, where
+        assert info.resent_bytes == 0, where
     if info.killed and not info.completed_before_kill:
-        lost = size - info.held_bytes
+        lost = size - info.held_bytes + (0 if info.restarted else info.rewritten_held_bytes)
         assert info.resent_bytes >= lost, where
         assert info.resent_bytes <= lost + concurrency * PART, where
     # an upload killed between Initiate and its first checkpoint is unknown to everyone,
@@ -181,3 +215,5 @@ def test_crash_resume_soak(oss_emulator: OSSEmulator, tmp_path: Path,
     results = run_rounds(oss_emulator, "soak-bucket", tmp_path, 20)
     assert len(results) == 20
     assert sum(r.killed and not r.completed_before_kill for r in results) >= 15
+    # some resumes had to find and re-send a rewritten part that OSS already held
+    assert any(r.rewritten_held_bytes and not r.restarted for r in results), results
