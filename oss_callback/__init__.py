@@ -10,10 +10,12 @@ from ._client import AsyncBucket, AsyncClient
 from ._credentials import Credentials
 from ._errors import (
     CallbackError,
+    CallbackUnknownError,
     CheckpointError,
     ClientError,
     FileChangedError,
     InconsistentError,
+    ObjectTooLargeError,
     OSSError,
     RequestError,
     ResponseError,
@@ -38,6 +40,7 @@ __all__ = [
     "Bucket",
     "Callback",
     "CallbackError",
+    "CallbackUnknownError",
     "CheckpointError",
     "Client",
     "ClientError",
@@ -48,6 +51,7 @@ __all__ = [
     "InitiateMultipartUploadResult",
     "ListPartsResult",
     "OSSError",
+    "ObjectTooLargeError",
     "PartInfo",
     "PostPolicy",
     "PutObjectResult",

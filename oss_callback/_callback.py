@@ -26,8 +26,8 @@ MAX_URLS = 5
 # ${name}: system variables (bucket, object, etag, size, mimeType, imageInfo.height, crc64, ...)
 # and custom ones (x:name).  Anything else between ${ and } is rejected, as OSS does.
 _VARIABLE = re.compile(r"\$\{([^{}]*)\}")
-_VARIABLE_NAME = re.compile(r"^(x:[a-z0-9_\-.]+|[A-Za-z][A-Za-z0-9_.]*)$")
-_CUSTOM_KEY = re.compile(r"^x:[a-z0-9_\-.]+$")
+_VARIABLE_NAME = re.compile(r"x:[a-z0-9_\-.]+|[A-Za-z][A-Za-z0-9_.]*")
+_CUSTOM_KEY = re.compile(r"x:[a-z0-9_\-.]+")
 
 
 def _to_str_map(value: Mapping[str, Any] | None) -> Mapping[str, str]:
@@ -83,7 +83,7 @@ def _check_body(instance: Callback, attribute: attrs.Attribute[str], value: str)
         raise ValueError("Callback.body must be a non-empty template string")
     for match in _VARIABLE.finditer(value):
         name = match.group(1)
-        if not _VARIABLE_NAME.match(name):
+        if not _VARIABLE_NAME.fullmatch(name):
             raise ValueError(
                 f"Callback.body has an invalid variable ${{{name}}}: use system variables like "
                 "${bucket}, ${object}, ${etag}, ${size}, ${mimeType} or custom ones like ${x:uid}"
@@ -118,7 +118,7 @@ def _check_variables(
     instance: Callback, attribute: attrs.Attribute[Mapping[str, str]], value: Mapping[str, str]
 ) -> None:
     for key in value:
-        if not _CUSTOM_KEY.match(key):
+        if not _CUSTOM_KEY.fullmatch(key):
             raise ValueError(
                 f"Callback.variables key {key!r} is invalid: custom variable names start with "
                 "'x:' and are lowercase, e.g. 'x:uid'"

@@ -1,7 +1,8 @@
 """The ``oss-callback`` command line: ``demo``, ``upload`` and ``emulator``.
 
 Exit codes: 0 success; 1 the upload failed; 2 bad usage or input; 3 the object was stored
-but its callback failed (HTTP 203); 130 interrupted.
+but its callback failed (HTTP 203), or whether it succeeded is unknown (a rerun after an
+earlier run's Complete went through but its answer was lost); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 import anyio
 
 from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
-from ._errors import CallbackError, OSSError
+from ._errors import CallbackError, CallbackUnknownError, OSSError
 from ._models import PutObjectResult
 
 __all__ = ["main"]
@@ -29,7 +30,7 @@ EXIT_USAGE = 2
 EXIT_CALLBACK_FAILED = 3
 EXIT_INTERRUPTED = 130
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6,
           "mb": 10**6, "mi": 1024**2, "mib": 1024**2, "g": 10**9, "gb": 10**9,
           "gi": 1024**3, "gib": 1024**3, "t": 10**12, "tb": 10**12, "ti": 1024**4,
@@ -42,7 +43,7 @@ class UsageError(Exception):
 
 def parse_size(text: str) -> int:
     """``8MiB``, ``8M`` (decimal), ``100KiB``, ``1048576`` -> bytes."""
-    m = _SIZE.match(text)
+    m = _SIZE.fullmatch(text)
     if not m or (m.group(2) or "").lower() not in _UNITS:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 8MiB, 100KiB, 1048576")
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
@@ -50,7 +51,7 @@ def parse_size(text: str) -> int:
 
 def parse_oss_url(text: str) -> tuple[str, str]:
     """``oss://bucket/key`` -> ``(bucket, key)``."""
-    m = re.match(r"^oss://([^/]+)/(.+)$", text)
+    m = re.fullmatch(r"oss://([^/]+)/(.+)", text)
     if not m:
         raise UsageError(
             f"bad destination {text!r}: write it as oss://BUCKET/KEY (e.g. oss://my-bucket/dir/file.bin)"
@@ -137,6 +138,7 @@ def _result_dict(result: PutObjectResult) -> dict[str, Any]:
         "size": result.size,
         "callback_status": result.callback_status,
         "callback_body": body.decode("utf-8", "replace") if body is not None else None,
+        "recovered": result.recovered,
     }
 
 
@@ -235,13 +237,15 @@ async def _upload(args: argparse.Namespace) -> int:
                     concurrency=args.concurrency, checkpoint_file=args.checkpoint_file,
                     disable_checkpoint=args.no_checkpoint, headers=headers, progress=progress,
                 )
-            except CallbackError as e:
+            except (CallbackError, CallbackUnknownError) as e:
+                what = ("the callback failed" if isinstance(e, CallbackError) else
+                        "whether the callback succeeded is unknown (an earlier run's answer "
+                        "was lost)")
                 if args.json:
                     print(json.dumps({"ok": False, "stored": True, "error": str(e),
                                       "result": _result_dict(e.result)}))
                 else:
-                    print(f"oss-callback: stored, but the callback failed: {e}",
-                          file=sys.stderr)
+                    print(f"oss-callback: stored, but {what}: {e}", file=sys.stderr)
                 return EXIT_CALLBACK_FAILED
     if args.json:
         print(json.dumps({"ok": True, "stored": True, "result": _result_dict(result)}))

@@ -20,17 +20,18 @@ from ._body import Body, ProgressFn, make_body
 from ._callback import Callback
 from ._crc64 import crc64, crc64_combine_many
 from ._credentials import Credentials
-from ._endpoint import Endpoint, validate_bucket_name, validate_key
+from ._endpoint import Endpoint, validate_bucket_name, validate_key, validate_region
 from ._engine import HttpEngine, build_http_client, check_user_http_client
 from ._errors import (
     CallbackError,
     InconsistentError,
+    ObjectTooLargeError,
     OSSError,
     ResponseError,
     ServiceError,
     make_service_error,
 )
-from ._http import USER_AGENT, Session, closing_iter, parse_crc
+from ._http import USER_AGENT, Redact, Session, check_answer_timeout, closing_iter, parse_crc
 from ._models import (
     HeadObjectResult,
     InitiateMultipartUploadResult,
@@ -43,11 +44,16 @@ from ._post_policy import PostPolicy, build_post_policy
 from ._retry import RetryPolicy
 from ._xml import complete_body, parse_xml, strip_etag
 
-__all__ = ["AsyncBucket", "AsyncClient"]
+__all__ = ["DEFAULT_GET_MAX_SIZE", "AsyncBucket", "AsyncClient"]
 
 ENV_ENDPOINT = "OSS_ENDPOINT"
 ENV_REGION = "OSS_REGION"
 _SIGNATURE_VERSIONS = ("v1", "v4")
+#: get_object's default ``max_size``: it reads into memory (and briefly holds twice that
+#: while joining the chunks), so an object this big belongs in get_object_to_file; a
+#: mistaken call on a multi-GB object fails fast with a catchable error instead of
+#: exhausting the process's memory. Pass ``max_size=None`` to lift it.
+DEFAULT_GET_MAX_SIZE = 256 * 1024 * 1024
 
 
 class _State(enum.Enum):
@@ -79,6 +85,20 @@ class AsyncClient:
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
         timeout: for the SDK-built client: an :class:`httpx.Timeout` or seconds (default:
             60 s per read/write, 10 s to connect, no limit waiting for a connection).
+        answer_timeout: seconds each attempt gets for the answer's head, in total: to
+            connect, and then, once the request body is sent (at once for a bodiless
+            request), as many again for the complete response head. httpx's read timeout
+            restarts with every byte, so without this a server (or proxy) that drips its
+            answer, or ``100 Continue`` lines, a byte at a time holds a request for ever.
+            Sending the body is not under it (the write timeout catches a stalled upload),
+            nor is reading a download's body (the read timeout catches a stall), nor
+            waiting for a free connection of the pool (with httpx's own transport; other
+            transports start the clock when the request is handed over). When it runs out
+            the attempt fails with :class:`RequestError` ("no answer came within N s"),
+            retried like a timeout. ``None`` (default): twice the httpx client's read
+            timeout (120 s for the SDK's own; yours too with ``http_client=``; no deadline
+            if reads have no timeout), so a silent server still ends in the read timeout;
+            ``math.inf``: no deadline.
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
         max_connections: for the SDK-built client: connections to OSS (default 8).
             Requests beyond it wait for one to be free (an upload's parts included), so
@@ -116,6 +136,7 @@ class AsyncClient:
         signature_version: str = "v4",
         path_style: bool | None = None,
         timeout: httpx.Timeout | float | None = None,
+        answer_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_connections: int | None = None,
         http_client: httpx.AsyncClient | None = None,
@@ -135,7 +156,7 @@ class AsyncClient:
                 )
         parsed = Endpoint.parse(endpoint, region=region, path_style=path_style)
         if parsed.region is None and os.environ.get(ENV_REGION):
-            parsed = attrs.evolve(parsed, region=os.environ[ENV_REGION])
+            parsed = attrs.evolve(parsed, region=validate_region(os.environ[ENV_REGION]))
         if signature_version == "v4" and not parsed.region:
             raise ValueError(
                 f"V4 signing needs a region and none can be derived from {endpoint!r}: pass "
@@ -143,6 +164,7 @@ class AsyncClient:
                 f"${ENV_REGION}, or use signature_version='v1'"
             )
         credentials = Credentials.resolve(access_key_id, access_key_secret, security_token)
+        answer_timeout = check_answer_timeout(answer_timeout)
         gate: anyio.Semaphore | None = None
         user_agent = USER_AGENT
         if http_client is not None:
@@ -164,6 +186,7 @@ class AsyncClient:
             retry=retry or RetryPolicy(),
             gate=gate,
             user_agent=user_agent,
+            answer_timeout=answer_timeout,
         )
         self._state = _State.OPEN
 
@@ -240,20 +263,20 @@ class AsyncClient:
 
 
 def _on_203(key: str, *, upload_id: str | None = None, size: int | None = None) -> Any:
-    def build(response: httpx.Response, data: bytes) -> OSSError:
+    def build(response: httpx.Response, data: bytes, redact: Redact) -> OSSError:
         result = _put_result(key, response, None, callback_status=203, upload_id=upload_id,
-                             size=size)
-        return make_service_error(203, response.headers, data, result=result)
+                             size=size, redact=redact)
+        return make_service_error(203, response.headers, data, result=result, redact=redact)
 
     return build
 
 
-def _require_etag(response: httpx.Response, what: str) -> None:
+def _require_etag(response: httpx.Response, what: str, redact: Redact) -> None:
     if not response.headers.get("etag"):
+        content_type = redact(response.headers.get("content-type", "no content type"))
         raise ResponseError(
             f"the {what} answer has no ETag (HTTP {response.status_code}, "
-            f"{response.headers.get('content-type', 'no content type')}): is the endpoint "
-            "really OSS?"
+            f"{content_type[:100]}): is the endpoint really OSS?"
         )
 
 
@@ -274,14 +297,20 @@ def _put_result(
     upload_id: str | None = None,
     size: int | None = None,
     etag: str | None = None,
+    redact: Redact | None = None,
 ) -> PutObjectResult:
     h = response.headers
+
+    def text(name: str) -> str | None:
+        value = h.get(name)
+        return redact(value) if value and redact is not None else value
+
     return PutObjectResult(
         key=key,
-        etag=etag or strip_etag(h.get("etag")),
+        etag=etag or strip_etag(text("etag")),
         crc64=parse_crc(h.get("x-oss-hash-crc64ecma")),
-        request_id=h.get("x-oss-request-id"),
-        version_id=h.get("x-oss-version-id"),
+        request_id=text("x-oss-request-id"),
+        version_id=text("x-oss-version-id"),
         callback_status=callback_status,
         callback_body=callback_body,
         upload_id=upload_id,
@@ -397,27 +426,60 @@ class AsyncBucket:
             "PUT", self.name, key, headers=h, body=body, progress=progress,
             on_203=_on_203(key, size=body.size) if callback else None,
         )
-        _require_etag(response, "PutObject")
+        _require_etag(response, "PutObject", self._session.redact)
         return _put_result(
             key, response, content if callback else None,
             callback_status=response.status_code if callback else None,
             size=body.sent,
         )
 
-    async def get_object(self, key: str, *, byte_range: tuple[int, int | None] | None = None,
-                         ) -> bytes:
+    async def get_object(
+        self,
+        key: str,
+        *,
+        byte_range: tuple[int, int | None] | None = None,
+        max_size: int | None = DEFAULT_GET_MAX_SIZE,
+    ) -> bytes:
         """Download an object (or ``byte_range=(first, last_or_None)``, inclusive) into memory.
 
         The CRC-64 of a whole-object download is checked against ``x-oss-hash-crc64ecma``.
+
+        Args:
+            key: the object key.
+            byte_range: ``(first, last)`` byte offsets, inclusive (``last=None``: to the end).
+            max_size: the most bytes read into memory (default 256 MiB; ``None``: no
+                limit). A bigger answer raises :class:`ObjectTooLargeError` before its body
+                is read (from ``Content-Length``) or as soon as more has arrived (without
+                one), so a mistaken call on a huge object fails fast instead of exhausting
+                memory. Stream big objects to disk with :meth:`get_object_to_file`.
+
+        Raises:
+            ObjectTooLargeError: the object (or range) is larger than ``max_size``.
+            ServiceError: e.g. ``NoSuchKey`` (404).
+            InconsistentError: the CRC-64 of what arrived differs from OSS's.
+            RequestError: no answer after the retries.
         """
         validate_key(key)
-        headers = _range_header(byte_range)
-        async with (
-            self._session.stream("GET", self.name, key, headers=headers,
-                                 ok=(200, 206)) as response,
-            contextlib.aclosing(_raw_chunks(response)) as raw,
+        if max_size is not None and (
+            isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0
         ):
-            data = b"".join([chunk async for chunk in raw])
+            raise ValueError(f"max_size must be an int >= 0 or None, got {max_size!r}")
+        headers = _range_header(byte_range)
+        chunks: list[bytes] = []
+        async with self._session.stream("GET", self.name, key, headers=headers,
+                                        ok=(200, 206)) as response:
+            declared = _content_length(response)
+            if max_size is not None and declared is not None and declared > max_size:
+                raise _too_large(key, declared, max_size, announced=True)
+            received = 0
+            async with contextlib.aclosing(_raw_chunks(response)) as raw:
+                async for chunk in raw:
+                    received += len(chunk)
+                    if max_size is not None and received > max_size:
+                        raise _too_large(key, received, max_size, announced=False)
+                    chunks.append(chunk)
+        data = b"".join(chunks)
+        del chunks
         if response.status_code == 200:
             _verify_download(response, crc64(data), len(data), key)
         _require_oss(response, "GetObject")
@@ -554,7 +616,9 @@ class AsyncBucket:
                 2 MiB reads, not buffered).
             checkpoint_file: where to record progress; ``None`` uses a per-user state folder
                 (``$OSS_CALLBACK_STATE_DIR``, else ``$XDG_STATE_HOME/oss_callback/checkpoints``
-                or ``~/.local/state/oss_callback/checkpoints``). A valid checkpoint is resumed.
+                or ``~/.local/state/oss_callback/checkpoints``). A valid checkpoint is resumed
+                after re-checking (CRC-64) the parts OSS holds against the file: changed parts
+                are sent again, so the object is always the file as it is now.
             disable_checkpoint: no checkpoint is read or written; a failed upload is aborted.
             headers: ``Content-Type``, ``x-oss-meta-*``... for the object (sent on Initiate).
             progress: ``progress(bytes_done, total)``, byte-accurate across parts; starts at
@@ -564,15 +628,21 @@ class AsyncBucket:
 
         Returns:
             The stored object's :class:`PutObjectResult`, with ``upload_id`` set
-            (``None`` when a single PutObject was used).
+            (``None`` when a single PutObject was used). ``recovered=True`` when an earlier
+            run's CompleteMultipartUpload had gone through but its answer was lost (proven
+            by the multipart ETag, size, CRC-64 and time): nothing is sent again, and
+            ``callback_status``/``callback_body`` are ``None``.
 
         Raises:
             CallbackError: the object is stored but the callback failed; the checkpoint is
                 removed (a rerun does not complete again).
+            CallbackUnknownError: with a callback, the recovered case above: the object is
+                stored (``e.result``), but the lost answer hid how the callback went.
             CheckpointError: the checkpoint is corrupt, foreign or from a newer version
                 (nothing was touched; the message says what to do).
-            FileChangedError: the file changed during the upload (rerun to send the new
-                content; a rerun restarts cleanly and aborts the stale upload).
+            FileChangedError: the file's size, mtime, ctime or inode changed during the
+                upload (nothing is completed; a rerun re-checks the parts OSS holds and sends
+                only changed and missing ones; a changed size restarts cleanly).
             InconsistentError: a CRC-64 mismatch (the wrong object is deleted).
             ServiceError, RequestError: as for :meth:`put_object`; the checkpoint is kept.
 
@@ -633,7 +703,7 @@ class AsyncBucket:
                                           ("uploadId", upload_id)],
             body=body, progress=progress,
         )
-        _require_etag(response, "UploadPart")
+        _require_etag(response, "UploadPart", self._session.redact)
         return UploadPartResult(
             part_number=part_number,
             etag=strip_etag(response.headers.get("etag")),
@@ -688,7 +758,7 @@ class AsyncBucket:
             if crcs is not None and e.result.crc64 is not None:
                 _check_combined(key, crcs, e.result)
             raise
-        _require_etag(response, "CompleteMultipartUpload")
+        _require_etag(response, "CompleteMultipartUpload", self._session.redact)
         etag = None
         if not callback:
             node = parse_xml(content, "CompleteMultipartUploadResult", "CompleteMultipartUpload")
@@ -793,6 +863,25 @@ def _check_combined(key: str, crcs: list[tuple[int, int]], result: PutObjectResu
 
 def _part_number(part: UploadPartResult | PartInfo | tuple[int, str]) -> int:
     return part[0] if isinstance(part, tuple) else part.part_number
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _too_large(key: str, size: int, max_size: int, *, announced: bool) -> ObjectTooLargeError:
+    if announced:
+        what = f"is {size} bytes, more than get_object's max_size={max_size}"
+    else:
+        what = (f"is more than get_object's max_size={max_size} bytes ({size} arrived before "
+                "reading stopped; the answer had no Content-Length)")
+    return ObjectTooLargeError(
+        f"object {key!r} {what}: get_object keeps the whole object in memory; download it "
+        "with get_object_to_file(key, path), which streams it to disk, or pass a larger "
+        "max_size= (None: no limit)",
+        key=key, size=size, max_size=max_size,
+    )
 
 
 def _range_header(byte_range: tuple[int, int | None] | None) -> dict[str, str]:

@@ -9,20 +9,40 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 
-__all__ = ["Endpoint", "encode_key", "render_query", "validate_bucket_name", "validate_key"]
+__all__ = [
+    "Endpoint",
+    "encode_key",
+    "render_query",
+    "validate_bucket_name",
+    "validate_key",
+    "validate_region",
+]
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+# Names are always checked with fullmatch: "$" would also match before a trailing newline.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+#: A region id: cn-hangzhou, ap-southeast-1, ... (it goes into the V4 scope, "/"-separated).
+_REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_KEY_BYTES = 1023
 
 
 def validate_bucket_name(name: str) -> str:
     """Check an OSS bucket name (3-63 chars: lowercase letters, digits, hyphens)."""
-    if not isinstance(name, str) or not _BUCKET.match(name):
+    if not isinstance(name, str) or not _BUCKET.fullmatch(name):
         raise ValueError(
             f"invalid bucket name {name!r}: 3-63 characters, lowercase letters, digits and "
             "hyphens, starting and ending with a letter or digit"
         )
     return name
+
+
+def validate_region(region: str) -> str:
+    """Check a region id (``cn-hangzhou``): letters, digits, ``-``, ``.``, ``_``."""
+    if not isinstance(region, str) or not _REGION.fullmatch(region):
+        raise ValueError(
+            f"invalid region {region!r}: a region id such as 'cn-hangzhou' (letters, digits "
+            "and hyphens, no spaces or line breaks)"
+        )
+    return region
 
 
 def validate_key(key: str) -> str:
@@ -108,6 +128,13 @@ class Endpoint:
         if not isinstance(endpoint, str) or not endpoint.strip():
             raise ValueError("endpoint must be a non-empty URL such as https://oss-cn-hangzhou.aliyuncs.com")
         text = endpoint.strip()
+        if any(c.isspace() or not c.isprintable() for c in text):
+            # urlsplit would silently drop tabs and line breaks inside the host
+            raise ValueError(
+                f"endpoint {endpoint!r} contains whitespace or control characters"
+            )
+        if region is not None:
+            validate_region(region)
         if "://" not in text:
             text = "https://" + text
         parts = urlsplit(text)

@@ -4,13 +4,29 @@ Every request goes through one :class:`httpx.AsyncClient` (``client.send``), so 
 configured on it applies to every request: proxies, TLS, limits, event hooks, transports,
 respx. This is the only module that sends; no ``httpx`` exception escapes it (they become
 :class:`RequestError`, chained with ``from``).
+
+Two things bound an attempt beyond httpx's per-operation timeouts:
+
+* the answer deadline (``answer_timeout``): httpx's read timeout restarts with every byte,
+  so a server that drips its response head (or ``100 Continue`` lines) a byte at a time
+  would hold a request for ever. Each attempt gets ``answer_timeout`` seconds to connect
+  and then, once the request body is sent (at once for a bodiless request), as many again
+  for the complete response head. Sending the body is not under it (an upload may take
+  hours; the write timeout catches a stall), and neither is reading a response body (a
+  big download; the read timeout catches a stall). Waiting for a free connection of the
+  pool isn't either, with httpx's own transport (its trace events say when the request
+  got one); with other transports the clock starts when the request is handed over.
+* redaction: every text taken from an answer is cleaned (:class:`Redactor`) of the
+  credentials and the attempt's signature before an error message is made of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import platform
+import re
 import ssl
 import time
 import urllib.parse
@@ -19,6 +35,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -30,6 +47,7 @@ from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
 from ._errors import (
     InconsistentError,
     OSSError,
+    Redactor,
     RequestError,
     ServiceError,
     make_service_error,
@@ -49,8 +67,12 @@ USER_AGENT = (
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
 
 Query = Sequence[tuple[str, str]]
-#: Builds the exception for a 203 from the response (only uploads with a callback pass one).
-On203 = Callable[[httpx.Response, bytes], OSSError]
+Redact = Callable[[str], str]
+#: Builds the exception for a 203 from the response, its (bounded) body and the attempt's
+#: redactor (only uploads with a callback pass one).
+On203 = Callable[[httpx.Response, bytes, Redact], OSSError]
+
+_SIGNATURE = re.compile(r"(?:Signature=|^OSS [^:]+:)([^,\s]+)")
 
 
 def parse_crc(value: str | None) -> int | None:
@@ -59,6 +81,21 @@ def parse_crc(value: str | None) -> int | None:
         return None
     crc = int(value.strip())
     return crc if crc < 2**64 else None
+
+
+def check_answer_timeout(value: object) -> float | None:
+    """``answer_timeout`` as given (``None``: derived later), or ``ValueError``/``TypeError``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"answer_timeout must be a number of seconds or None, not {type(value).__name__}"
+        )
+    if math.isnan(value) or value <= 0:
+        raise ValueError(
+            f"answer_timeout must be > 0 seconds (math.inf: no deadline), got {value!r}"
+        )
+    return float(value)
 
 
 class Session:
@@ -75,6 +112,7 @@ class Session:
         retry: RetryPolicy,
         gate: anyio.Semaphore | None = None,
         user_agent: str = USER_AGENT,
+        answer_timeout: float | None = None,
     ) -> None:
         self.http = http
         #: Requests in flight (sent, response not yet closed) when the SDK built the pool:
@@ -89,9 +127,45 @@ class Session:
         self.retry = retry
         #: seconds to add to the local clock (learned from RequestTimeTooSkewed answers).
         self.clock_offset = 0.0
+        #: the answer deadline as configured (``None``: httpx's read timeout, see
+        #: :meth:`answer_limit`).
+        self.answer_timeout = check_answer_timeout(answer_timeout)
+        self._redactor: tuple[tuple[str, str | None], Redactor] | None = None
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset)
+
+    def answer_limit(self) -> float | None:
+        """Seconds an attempt waits for its answer's head (``None``: no deadline).
+
+        ``answer_timeout`` if given, else twice the httpx client's read timeout (120 s with
+        the SDK's own): a server that keeps silent still ends in httpx's ``ReadTimeout``
+        (the clearer message), while one that keeps a read alive by dripping bytes is cut
+        off soon after. No read timeout: no deadline either (unless given).
+        """
+        limit = self.answer_timeout
+        if limit is None:
+            read = self.http.timeout.read
+            limit = None if read is None else 2 * read
+        return None if limit is None or math.isinf(limit) else limit
+
+    @property
+    def redact(self) -> Redactor:
+        """Removes the credentials' secret and STS token from a text."""
+        creds = self.credentials
+        key = (creds.access_key_secret, creds.security_token)
+        if self._redactor is None or self._redactor[0] != key:
+            self._redactor = (key, Redactor(key))
+        return self._redactor[1]
+
+    def _attempt_redactor(self, headers: Mapping[str, str]) -> Redactor:
+        """:attr:`redact` plus this attempt's ``Authorization`` value and signature."""
+        authorization = headers.get("authorization")
+        if not authorization:
+            return self.redact
+        match = _SIGNATURE.search(authorization)
+        return self.redact.with_secrets(match.group(1) if match else None,
+                                        exact=(authorization,))
 
     def _sign(self, method: str, bucket: str | None, key: str | None, query: Query,
               headers: dict[str, str]) -> None:
@@ -121,18 +195,6 @@ class Session:
         if server_time is not None:
             self.clock_offset = server_time - time.time()
             logger.warning("local clock is %.0f s off OSS's; correcting", -self.clock_offset)
-
-    def _redact(self, error: ServiceError) -> None:
-        """Drop the STS token from what OSS echoes back (``StringToSign``, ...)."""
-        token = self.credentials.security_token
-        if not token:
-            return
-        forms = (token, " ".join(f"{b:02x}" for b in token.encode()),
-                 " ".join(f"{b:02X}" for b in token.encode()))
-        for name, value in error.details.items():
-            for form in forms:
-                value = value.replace(form, "<redacted>")
-            error.details[name] = value
 
     def _headers(
         self,
@@ -165,43 +227,74 @@ class Session:
         self._sign(method, bucket, key, query, h)
         return h
 
+    def _traced(self, url: httpx.URL) -> bool:
+        """Whether the request goes through httpx's own transport (httpcore), whose trace
+        events say when the request got its connection."""
+        pick = getattr(self.http, "_transport_for_url", None)
+        return pick is not None and isinstance(pick(url), httpx.AsyncHTTPTransport)
+
     async def _transmit(
         self,
         method: str,
-        bucket: str | None,
-        key: str | None,
-        query: Query,
-        headers: Mapping[str, str] | None,
+        url: str,
+        headers: dict[str, str],
         body: Body | bytes | None,
         on_bytes: Callable[[int], None] | None,
+        *,
+        what: str,
     ) -> httpx.Response:
-        """One attempt: sign and send; the response body is left unread.
+        """One attempt: send; the response body is left unread.
 
         ``build_request`` adds the httpx client's own default headers (the signature never
         covers them unless they are ``x-oss-*``/``Content-*``, which the SDK refuses at
-        construction); ``auth=None`` keeps an ``auth`` set on a user's client from replacing
-        the OSS signature, and redirects are never followed (OSS doesn't redirect uploads).
+        construction) and its timeouts; ``auth=None`` keeps an ``auth`` set on a user's
+        client from replacing the OSS signature, and redirects are never followed (a
+        signature is valid for one host). The body goes in as a stream of the SDK's
+        (closed below), not as content httpx would wrap in a generator.
         """
-        h = self._headers(method, bucket, key, query, headers, body)
-        url = self.endpoint.url(bucket, key, query)
-        if not isinstance(body, Body):
-            request = self.http.build_request(method, url, headers=h, content=body)
-            return await self.http.send(request, stream=True, auth=None,
-                                        follow_redirects=False)
-        # build_request merges the client's headers, Host and timeouts; the body goes in as a
-        # stream of the SDK's (closed below), not as content httpx would wrap in a generator.
-        built = self.http.build_request(method, url, headers=h)
-        stream = body.stream(on_bytes)
-        request = httpx.Request(method, built.url, headers=built.headers, stream=stream,
-                                extensions=built.extensions)
+        built = self.http.build_request(method, url, headers=headers)
+        extensions = dict(built.extensions)
+        limit = self.answer_limit()
+        clock = None
+        if limit is not None:
+            clock = _AnswerClock(limit, armed=not self._traced(built.url),
+                                 trace=extensions.get("trace"))
+            extensions["trace"] = clock.trace
+        stream: httpx.AsyncByteStream | None = None
+        if isinstance(body, Body):
+            stream = body.stream(on_bytes)
+        elif body:
+            stream = _OneChunk(bytes(body))
+        if stream is not None and clock is not None:
+            stream = _ClockedStream(stream, clock)
+        if stream is None:
+            # httpx's own empty body, already "read": transports then send no body at all
+            # (given as a stream, aiohttp would send an empty chunked one)
+            built.extensions = extensions
+            request = built
+        else:
+            request = httpx.Request(method, built.url, headers=built.headers, stream=stream,
+                                    extensions=extensions)
         try:
-            return await self.http.send(request, stream=True, auth=None,
-                                        follow_redirects=False)
+            if clock is None:
+                return await self.http.send(request, stream=True, auth=None,
+                                            follow_redirects=False)
+            with clock.scope:
+                return await self.http.send(request, stream=True, auth=None,
+                                            follow_redirects=False)
+            # Only the deadline's cancellation ends the scope without a response.
+            raise RequestError(
+                f"{method} {what}: no answer came within {clock.limit:g} s (answer_timeout): "
+                f"the server at {self.endpoint} did not send a complete response head in "
+                "time (a stalled or dripping server or proxy); check the network and the "
+                "endpoint, or raise answer_timeout"
+            )
         finally:
-            # Normally the body is done by now; after an early answer, a cancellation or
-            # a failure mid-body, this closes its file right away.
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+            if stream is not None:
+                # Normally the body is done by now; after an early answer, a cancellation or
+                # a failure mid-body, this closes its file right away.
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
 
     @asynccontextmanager
     async def stream(
@@ -233,9 +326,10 @@ class Session:
             except httpx.TimeoutException as exc:
                 raise RequestError(f"reading {_what(bucket, key)} timed out") from exc
             except httpx.TransportError as exc:
-                raise RequestError(
-                    f"reading {_what(bucket, key)} failed: {type(exc).__name__}: {exc}"
-                ) from exc
+                _raise_request_error(
+                    f"reading {_what(bucket, key)} failed: {type(exc).__name__}: {exc}",
+                    exc, self.redact,
+                )
             finally:
                 with anyio.CancelScope(shield=True):
                     await response.aclose()
@@ -257,6 +351,7 @@ class Session:
     ) -> httpx.Response:
         replayable = not isinstance(body, Body) or body.replayable
         total = body.size if isinstance(body, Body) else (len(body) if body else 0)
+        url = self.endpoint.url(bucket, key, query)
         attempt = 0
         while True:
             done = 0
@@ -271,35 +366,35 @@ class Session:
             try:
                 if progress is not None and attempt:
                     progress(0, total)  # a retry starts over: progress rewinds
+                signed = self._headers(method, bucket, key, query, headers, body)
+                redact = self._attempt_redactor(signed)
                 try:
                     response = await self._transmit(
-                        method, bucket, key, query, headers, body,
-                        on_bytes if progress is not None else None)
+                        method, url, signed, body,
+                        on_bytes if progress is not None else None, what=_what(bucket, key))
                 except httpx.TimeoutException as exc:
                     raise RequestError(
                         f"{method} {_what(bucket, key)} timed out ({type(exc).__name__}); "
                         "check the network or raise the timeout"
                     ) from exc
                 except httpx.TransportError as exc:
-                    raise RequestError(
+                    _raise_request_error(
                         f"{method} {_what(bucket, key)} failed: {type(exc).__name__}: "
                         f"{_reason(exc)} (endpoint {self.endpoint})"
-                        f"{_hint(exc, self.http.trust_env, url=self.endpoint.url(bucket, key))}"
-                    ) from exc
+                        f"{_hint(exc, self.http.trust_env, url=url)}",
+                        exc, redact,
+                    )
                 status = response.status_code
                 if status in ok:
                     _check_all_sent(method, bucket, key, body)
-                    self._check_crc(response, body)
+                    self._check_crc(response, body, redact)
                     return response
-                data = await _read_limited(response, _MAX_ERROR_BODY)
+                data = await _read_limited(response, _MAX_ERROR_BODY, redact,
+                                           within=self.answer_limit())
                 if status == 203 and on_203 is not None:
-                    self._check_crc(response, body)
-                    callback_error = on_203(response, data)
-                    if isinstance(callback_error, ServiceError):
-                        self._redact(callback_error)
-                    raise callback_error
-                error = make_service_error(status, response.headers, data)
-                self._redact(error)
+                    self._check_crc(response, body, redact)
+                    raise on_203(response, data, redact)
+                error = make_service_error(status, response.headers, data, redact=redact)
                 if error.code == "RequestTimeTooSkewed":
                     self._learn_clock(response, error)
                 raise error
@@ -338,24 +433,120 @@ class Session:
         """Like :meth:`stream`, reading the whole (bounded) response body."""
         async with self.stream(method, bucket, key, query=query, headers=headers, body=body,
                                ok=ok, progress=progress, on_203=on_203) as response:
-            data = await _read_limited(response, max_body)
+            data = await _read_limited(response, max_body, self.redact)
         return response, data
 
-    def _check_crc(self, response: httpx.Response, body: Body | bytes | None) -> None:
+    def _check_crc(self, response: httpx.Response, body: Body | bytes | None,
+                   redact: Redact) -> None:
         if not isinstance(body, Body):
             return
         server = parse_crc(response.headers.get("x-oss-hash-crc64ecma"))
         if server is None or (body.sent != body.size and body.size is not None):
             return
         if server != body.crc:
+            request_id = response.headers.get("x-oss-request-id")
+            request_id = redact(request_id) if request_id else None
             raise InconsistentError(
                 f"CRC-64 mismatch: sent {body.crc}, OSS stored {server} "
-                f"(request_id={response.headers.get('x-oss-request-id')}); the data was "
-                "corrupted in transit",
+                f"(request_id={request_id}); the data was corrupted in transit",
                 client_crc=body.crc,
                 server_crc=server,
-                request_id=response.headers.get("x-oss-request-id"),
+                request_id=request_id,
             )
+
+
+class _AnswerClock:
+    """The answer deadline of one attempt: a cancel scope whose deadline moves as it goes.
+
+    Armed when the request gets its connection (the first httpcore trace event; with
+    transports that send none, when the request is handed over), paused while the body
+    streams, restarted in full once the body is sent, and armed again if httpcore starts
+    reading the answer with the body unfinished (a write failed; an early answer).
+    """
+
+    def __init__(self, limit: float, *, armed: bool,
+                 trace: Callable[[str, Any], Any] | None) -> None:
+        self.limit = limit
+        self.scope = anyio.CancelScope(
+            deadline=anyio.current_time() + limit if armed else math.inf)
+        self._streaming = False
+        self._user_trace = trace
+
+    def arm(self) -> None:
+        if self.scope.deadline == math.inf:
+            self.scope.deadline = anyio.current_time() + self.limit
+
+    def body_started(self) -> None:
+        self._streaming = True
+        self.scope.deadline = math.inf
+
+    def body_sent(self) -> None:
+        self._streaming = False
+        self.scope.deadline = anyio.current_time() + self.limit
+
+    async def trace(self, name: str, info: Any) -> None:
+        if name.endswith(".started") and (
+            not self._streaming or name.endswith("receive_response_headers.started")
+        ):
+            self.arm()
+        if self._user_trace is not None:
+            await self._user_trace(name, info)
+
+
+class _OneChunk(httpx.AsyncByteStream):
+    """A small in-memory body (an XML document) as one chunk, without a generator."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._done = False
+        self._closed = False
+
+    def __aiter__(self) -> _OneChunk:
+        self._done = self._closed
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        self._done = True
+        return self._data
+
+    async def aclose(self) -> None:
+        self._done = self._closed = True
+
+
+class _ClockedStream(httpx.AsyncByteStream):
+    """A request body that tells the answer clock when it starts and when it is all sent.
+
+    A plain iterator (like :class:`~oss_callback._body.BodyStream`, which it wraps): no
+    generator is left to the garbage collector when a request stops mid-body.
+    """
+
+    def __init__(self, inner: httpx.AsyncByteStream, clock: _AnswerClock) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._it: AsyncIterator[bytes] | None = None
+        self._started = False
+
+    def __aiter__(self) -> _ClockedStream:
+        self._it = self._inner.__aiter__()
+        self._started = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._it is None:
+            raise StopAsyncIteration
+        if not self._started:
+            self._started = True
+            self._clock.body_started()
+        try:
+            return await self._it.__anext__()
+        except StopAsyncIteration:
+            self._clock.body_sent()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _check_all_sent(method: str, bucket: str | None, key: str | None,
@@ -366,6 +557,16 @@ def _check_all_sent(method: str, bucket: str | None, key: str | None,
             f"{method} {_what(bucket, key)}: the server answered before the whole body was "
             f"sent ({body.sent} of {body.size} bytes); not counted as stored"
         )
+
+
+def _raise_request_error(message: str, exc: BaseException, redact: Redact) -> NoReturn:
+    """Raise a :class:`RequestError` made of redacted text, from ``exc``; but if ``exc`` (or
+    one down its chain) carries a secret (e.g. a protocol error quoting an echoed header),
+    from nothing: a traceback must not show it either."""
+    error = RequestError(redact(message))
+    if any(redact(str(cause)) != str(cause) for cause in _causes(exc)):
+        raise error from None
+    raise error from exc
 
 
 @contextlib.asynccontextmanager
@@ -380,18 +581,23 @@ async def closing_iter(iterator: AsyncIterator[bytes]) -> AsyncIterator[AsyncIte
             await aclose()
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def _read_limited(response: httpx.Response, limit: int, redact: Redact,
+                        within: float | None = None) -> bytes:
+    """Up to ``limit`` bytes of the body (the rest is not read); with ``within``, what
+    arrived in that many seconds (an error answer's body dripping must not hang either)."""
     chunks: list[bytes] = []
     size = 0
     try:
-        async with closing_iter(response.aiter_bytes()) as body:
-            async for chunk in body:
-                size += len(chunk)
-                if size > limit:
-                    break
-                chunks.append(chunk)
+        with anyio.move_on_after(math.inf if within is None else within):
+            async with closing_iter(response.aiter_bytes()) as body:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > limit:
+                        break
+                    chunks.append(chunk)
     except httpx.TransportError as exc:
-        raise RequestError(f"reading the response failed: {type(exc).__name__}: {exc}") from exc
+        _raise_request_error(f"reading the response failed: {type(exc).__name__}: {exc}",
+                             exc, redact)
     return b"".join(chunks)
 
 

@@ -42,7 +42,7 @@ import httpx
 
 from ._body import ProgressFn
 from ._callback import Callback
-from ._client import AsyncBucket, AsyncClient
+from ._client import DEFAULT_GET_MAX_SIZE, AsyncBucket, AsyncClient
 from ._engine import HttpEngine
 from ._models import (
     HeadObjectResult,
@@ -276,6 +276,10 @@ class Client:
         path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
             ``None`` picks path-style for IP/localhost endpoints, virtual-hosted otherwise.
         timeout: for the SDK-built httpx client: an :class:`httpx.Timeout` or seconds.
+        answer_timeout: seconds each attempt gets to connect and then, once the request
+            body is sent, for the complete response head (the body's upload and a
+            download's body are not under it); ``None``: twice the httpx client's read timeout;
+            ``math.inf``: no deadline. As for :class:`AsyncClient`.
         retry: the :class:`RetryPolicy` (default: 3 attempts, jittered backoff).
         max_connections: for the SDK-built httpx client: connections to OSS (default 8).
         http_client: your own :class:`httpx.AsyncClient` (proxy, ``verify``, limits, event
@@ -308,6 +312,7 @@ class Client:
         signature_version: str = "v4",
         path_style: bool | None = None,
         timeout: httpx.Timeout | float | None = None,
+        answer_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_connections: int | None = None,
         http_client: httpx.AsyncClient | None = None,
@@ -321,8 +326,8 @@ class Client:
                 AsyncClient, endpoint, access_key_id, access_key_secret,
                 security_token=security_token, region=region,
                 signature_version=signature_version, path_style=path_style, timeout=timeout,
-                retry=retry, max_connections=max_connections, http_client=http_client,
-                http_engine=http_engine, transport=transport,
+                answer_timeout=answer_timeout, retry=retry, max_connections=max_connections,
+                http_client=http_client, http_engine=http_engine, transport=transport,
             ))
         except BaseException:
             portal.abandon()
@@ -525,10 +530,15 @@ class Bucket:
         )
 
     @_same_doc(AsyncBucket.get_object)
-    def get_object(self, key: str, *, byte_range: tuple[int, int | None] | None = None,
-                   ) -> bytes:
+    def get_object(
+        self,
+        key: str,
+        *,
+        byte_range: tuple[int, int | None] | None = None,
+        max_size: int | None = DEFAULT_GET_MAX_SIZE,
+    ) -> bytes:
         return self._portal.call("get_object", self._async.get_object, key,
-                                 byte_range=byte_range)
+                                 byte_range=byte_range, max_size=max_size)
 
     @_same_doc(AsyncBucket.get_object_to_file)
     def get_object_to_file(

@@ -19,6 +19,7 @@ from oss_callback._errors import (
     ClientError,
     FileChangedError,
     InconsistentError,
+    ObjectTooLargeError,
     OSSError,
     RequestError,
     ResponseError,
@@ -74,6 +75,15 @@ HTML_502 = (
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
+
+
+# What OSS answers for a bucket in another region ([V2]/[OSS2] handle it as a ServiceError).
+PERMANENT_REDIRECT_XML = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect</Code><Message>'
+    b"The bucket you are attempting to access must be addressed using the specified "
+    b"endpoint. Please send all future requests to this endpoint.</Message><RequestId>"
+    b"5C07</RequestId><HostId>b.oss-cn-hangzhou.aliyuncs.com</HostId><Bucket>b</Bucket>"
+    b"<Endpoint>oss-cn-beijing.aliyuncs.com</Endpoint></Error>")
 
 
 def _stored() -> PutObjectResult:
@@ -277,6 +287,50 @@ def test_203_with_empty_body_still_callback_failed():
     assert "stored" in str(err)
 
 
+def test_203_without_a_result_is_not_labelled_callback_failed():
+    err = make_service_error(203, {"x-oss-request-id": "5C09"}, b"")
+    assert type(err) is ServiceError
+    assert err.code == ""
+    assert "CallbackFailed" not in str(err)
+    assert "carried no callback" in str(err)
+    assert err.request_id == "5C09"
+
+
+def test_permanent_redirect_says_which_endpoint_to_use():
+    err = make_service_error(301, {}, PERMANENT_REDIRECT_XML)
+    assert (err.status, err.code) == (301, "PermanentRedirect")
+    assert err.hint is not None and "oss-cn-beijing.aliyuncs.com" in err.hint
+    assert str(err).endswith(
+        "create the client with endpoint='https://oss-cn-beijing.aliyuncs.com', "
+        "region='cn-beijing'")
+
+
+def test_permanent_redirect_from_x_oss_err_on_head():
+    header = base64.b64encode(PERMANENT_REDIRECT_XML).decode()
+    err = make_service_error(301, {"x-oss-err": header}, b"")
+    assert "region='cn-beijing'" in str(err)
+
+
+@pytest.mark.parametrize(("location", "expected"), [
+    ("https://b.oss-cn-shanghai.aliyuncs.com/k", "endpoint='https://b.oss-cn-shanghai"
+                                                  ".aliyuncs.com'"),
+    ("/login?next=/k", "redirects to /login?next=/k"),
+    ("https://sso.example/" + "x" * 300, "..."),
+])
+def test_a_redirect_names_its_location(location, expected):
+    err = make_service_error(302, {"location": location}, b"<html>Found</html>")
+    assert expected in str(err)
+    assert "does not follow redirects" in str(err)
+    assert len(str(err)) < 700
+
+
+def test_object_too_large_is_a_client_error_with_its_sizes():
+    err = ObjectTooLargeError("too big", key="k", size=9, max_size=8)
+    assert isinstance(err, ClientError)
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.key, clone.size, clone.max_size, str(clone)) == ("k", 9, 8, "too big")
+
+
 def test_callback_error_is_catchable_as_service_error():
     with pytest.raises(ServiceError) as exc:
         raise make_service_error(203, {}, CALLBACK_FAILED_XML, result=_stored())
@@ -376,6 +430,9 @@ def _all_errors() -> list[BaseException]:
         InconsistentError(
             "crc mismatch", client_crc=1, server_crc=2, request_id="5C3D9175B6FC201293AD4890"
         ),
+        make_service_error(301, {}, PERMANENT_REDIRECT_XML),
+        make_service_error(203, {}, b""),
+        ObjectTooLargeError("object 'k' is 9 bytes", key="k", size=9, max_size=8),
     ]
 
 

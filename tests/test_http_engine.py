@@ -29,6 +29,7 @@ from oss_callback import (
     AsyncClient,
     Client,
     FileChangedError,
+    OSSError,
     RequestError,
     RetryPolicy,
     ServiceError,
@@ -585,3 +586,30 @@ async def test_downloads_are_never_content_decoded(serve: Any, tmp_path: Path) -
     assert (tmp_path / "notes.txt.gz").read_bytes() == stored
     assert meta.size == len(stored)
     assert gzip.decompress(stored).startswith(b"a text object")
+
+
+@pytest.mark.parametrize("engine", ["httpx", "aiohttp"])
+def test_bodiless_requests_carry_no_body_framing(serve: Any, engine: str) -> None:
+    """GET/HEAD/DELETE go out without Transfer-Encoding (an empty chunked body would be
+    left on the connection as the next request's garbage) and XML bodies with their
+    Content-Length, whichever engine sends them."""
+    if engine == "aiohttp":
+        pytest.importorskip("httpx_aiohttp")
+    handler = serve_object(b"body", **{"x-oss-hash-crc64ecma": str(crc64(b"body"))})
+    server = serve(handler)
+
+    async def run() -> None:
+        async with client_on(server, http_engine=engine) as client:
+            bucket = client.get_bucket("bucket")
+            assert await bucket.get_object("k") == b"body"
+            await bucket.delete_object("k")
+            with pytest.raises(OSSError):  # an OK without the XML a Complete returns
+                await bucket.complete_multipart_upload("k", "UPLOAD", [(1, "ETAG")])
+
+    anyio.run(run, backend="asyncio")
+    heads = [head for head, _ in handler.requests]  # type: ignore[attr-defined]
+    assert [h.split(b" ", 1)[0] for h in heads] == [b"GET", b"DELETE", b"POST"]
+    for head in heads:
+        assert header(head, "transfer-encoding") is None, head
+    assert header(heads[0], "content-length") in (None, "0")
+    assert int(header(heads[2], "content-length") or 0) == dict(handler.requests)[heads[2]] > 0

@@ -10,7 +10,8 @@ import oss_callback.server
 import oss_callback.testing
 
 EXPECTED = {
-    "AsyncBucket", "AsyncClient", "Bucket", "Callback", "CallbackError", "CheckpointError",
+    "AsyncBucket", "AsyncClient", "Bucket", "Callback", "CallbackError", "CallbackUnknownError",
+    "CheckpointError", "ObjectTooLargeError",
     "Client", "ClientError", "Credentials", "FileChangedError", "HeadObjectResult",
     "InconsistentError", "InitiateMultipartUploadResult", "ListPartsResult", "OSSError",
     "PartInfo", "PostPolicy", "PutObjectResult", "RequestError", "ResponseError", "RetryPolicy",
@@ -59,8 +60,11 @@ def test_error_tree() -> None:
     assert issubclass(CallbackError, ServiceError)
     for cls in (ServiceError, RequestError, ClientError):
         assert issubclass(cls, OSSError)
-    for cls in (InconsistentError, CheckpointError, FileChangedError, ResponseError):
+    for cls in (InconsistentError, CheckpointError, FileChangedError, ResponseError,
+                oss_callback.CallbackUnknownError, oss_callback.ObjectTooLargeError):
         assert issubclass(cls, ClientError)
+    # "stored, callback outcome unknown" must not be caught as a failed callback by mistake
+    assert not issubclass(oss_callback.CallbackUnknownError, ServiceError)
     assert issubclass(oss_callback.server.CallbackSignatureError, ClientError)
 
 

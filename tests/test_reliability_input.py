@@ -51,6 +51,7 @@ from oss_callback import (
     ServiceError,
 )
 from oss_callback._body import FILE_CHUNK
+from oss_callback._checkpoint import VERSION as CHECKPOINT_VERSION
 from oss_callback._checkpoint import (
     Checkpoint,
     FileIdentity,
@@ -298,7 +299,7 @@ def _payload(tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda doc: doc.update(version=2), "newer"),
+        (lambda doc: doc.update(version=CHECKPOINT_VERSION + 1), "newer"),
         (lambda doc: doc.update(version=99, payload={"future": "format"}), "newer"),
         (lambda doc: doc.update(format="something.else"), "not an oss_callback"),
         (lambda doc: doc["payload"].update(upload_id=["not", "a", "string"]) or doc.update(

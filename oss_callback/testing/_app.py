@@ -66,7 +66,7 @@ PUBLIC_KEY_PATH = "/_emulator/callback_pub_key.pem"
 #: How ETags are made: ``"md5"`` as OSS does (the default), or ``"fast"`` (see
 #: :class:`OSSEmulator`): no MD5 unless the client sends ``Content-MD5``.
 ETAG_MODES = ("md5", "fast")
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 MAX_KEY_BYTES = 1023
 MAX_PUT_SIZE = 5 * 1024**3
 #: What a PostObject form may add to its file: the fields, boundaries and part headers.
@@ -581,7 +581,7 @@ class EmulatorApp:
                 raise OSSErrorResponse(
                     fault.status, code, fault.message or "We encountered an internal error."
                 )
-        if req.bucket is not None and not _BUCKET_NAME.match(req.bucket):
+        if req.bucket is not None and not _BUCKET_NAME.fullmatch(req.bucket):
             raise OSSErrorResponse(
                 400,
                 "InvalidBucketName",

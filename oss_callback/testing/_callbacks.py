@@ -55,8 +55,8 @@ MAX_URLS = 5
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 _VARIABLE = re.compile(r"\$\{([^{}]*)\}")
-_VARIABLE_NAME = re.compile(r"^(x:[a-z0-9_\-.]+|[A-Za-z][A-Za-z0-9_.]*)$")
-_CUSTOM_KEY = re.compile(r"^x:[a-z0-9_\-.]+$")
+_VARIABLE_NAME = re.compile(r"x:[a-z0-9_\-.]+|[A-Za-z][A-Za-z0-9_.]*")
+_CUSTOM_KEY = re.compile(r"x:[a-z0-9_\-.]+")
 _NUMERIC = frozenset({"size", "crc64", "imageInfo.height", "imageInfo.width"})
 
 _key_lock = threading.Lock()
@@ -173,7 +173,7 @@ def parse_callback(
     if body.count("${") != len(_VARIABLE.findall(body)):
         raise _invalid("The callbackBody has a variable not written as ${var}.", "callback", shown)
     for name in _VARIABLE.findall(body):
-        if not _VARIABLE_NAME.match(name):
+        if not _VARIABLE_NAME.fullmatch(name):
             raise _invalid(f"The callbackBody variable ${{{name}}} is invalid.", "callback", shown)
 
     body_type = config.get("callbackBodyType", FORM)
@@ -197,7 +197,7 @@ def parse_callback(
         if not isinstance(var_config, dict):
             raise _invalid("The callback-var is not a json object.", "callback-var", var_shown)
         for name, value in var_config.items():
-            if not _CUSTOM_KEY.match(name):
+            if not _CUSTOM_KEY.fullmatch(name):
                 raise _invalid(
                     f"The callback-var key {name!r} must start with 'x:' and be lowercase.",
                     "callback-var",

@@ -42,6 +42,11 @@ def build_parser(prog: str = "oss-callback emulator") -> argparse.ArgumentParser
         "--callback-timeout", type=float, default=5.0, help="seconds per callback URL (default 5)"
     )
     parser.add_argument(
+        "--header-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="drop a connection that sends no complete request head within this many seconds "
+        "of opening or of its previous response (idle or slowloris clients; default 30)",
+    )
+    parser.add_argument(
         "--etag",
         choices=("md5", "fast"),
         default="md5",
@@ -102,17 +107,22 @@ def main_emulator(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        emulator = OSSEmulator(
-            host=args.host,
-            port=args.port,
-            data_dir=args.data_dir,
-            region=args.region,
-            access_key_id=access_key_id,
-            access_key_secret=secret,
-            buckets=args.bucket,
-            callback_timeout=args.callback_timeout,
-            etag=args.etag,
-        )
+        try:
+            emulator = OSSEmulator(
+                host=args.host,
+                port=args.port,
+                data_dir=args.data_dir,
+                region=args.region,
+                access_key_id=access_key_id,
+                access_key_secret=secret,
+                buckets=args.bucket,
+                callback_timeout=args.callback_timeout,
+                etag=args.etag,
+                header_timeout=args.header_timeout,
+            )
+        except ValueError as exc:  # a bad --bucket name, timeout...
+            print(f"oss-callback emulator: {exc}", file=sys.stderr)
+            return 2
         try:
             emulator.start()
         except OSError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import secrets
 import shutil
 import socket
@@ -27,11 +29,14 @@ from ._tls import write_tls_files
 
 __all__ = ["DEFAULT_ACCESS_KEY_ID", "DEFAULT_ACCESS_KEY_SECRET", "OSSEmulator"]
 
+logger = logging.getLogger("oss_callback.testing")
+
 #: The access key every emulator accepts unless told otherwise (test values, not secrets).
 DEFAULT_ACCESS_KEY_ID = "LTAI-oss-emulator"
 DEFAULT_ACCESS_KEY_SECRET = "oss-emulator-secret"  # noqa: S105 - a well-known test value
 
-_BUCKET_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+#: OSS's bucket names (always checked with fullmatch: "$" matches before a final newline).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -49,6 +54,113 @@ def _http_impl() -> str:
     except ImportError:  # pragma: no cover
         return "h11"
     return "httptools"
+
+
+def _check_bucket_name(name: str) -> str:
+    if not isinstance(name, str) or not _BUCKET_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid bucket name {name!r}: 3-63 characters, lowercase letters, digits and "
+            "hyphens, starting and ending with a letter or digit"
+        )
+    return name
+
+
+class _HeadGuard:
+    """Drops a connection that doesn't deliver a complete request head in time.
+
+    uvicorn only limits the wait for the *first byte* of the next request on a kept-alive
+    connection (``timeout_keep_alive``, disarmed by any byte): a client that connects and
+    says nothing, or drips its head a byte at a time (slowloris), would hold a connection
+    (and a file descriptor) for ever. The guard is armed when the connection opens and
+    whenever a response completes, and disarmed when a request's head is complete (uvicorn
+    has made the request's cycle); if it fires first, the connection is closed.
+    """
+
+    def __init__(self, protocol: Any, timeout: float) -> None:
+        self._protocol = protocol
+        self._timeout = timeout
+        self._handle: asyncio.TimerHandle | None = None
+        self._cycle: object = None
+
+    def arm(self) -> None:
+        self.disarm()
+        self._cycle = self._protocol.cycle
+        self._handle = self._protocol.loop.call_later(self._timeout, self._expire)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def after_data(self) -> None:
+        if self._handle is not None and self._protocol.cycle is not self._cycle:
+            self.disarm()  # a request head is complete
+
+    def after_response(self) -> None:
+        # uvicorn arms its keep-alive timer exactly when the connection now waits for the
+        # next request (not closing, no pipelined request already parsed).
+        if self._protocol.timeout_keep_alive_task is not None:
+            self.arm()
+
+    def _expire(self) -> None:
+        self._handle = None
+        transport = self._protocol.transport
+        if transport is not None and not transport.is_closing():
+            logger.debug("oss emulator: no complete request head within %.3g s; closing",
+                         self._timeout)
+            transport.close()
+
+
+def _guarded_protocol(impl: str, header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (``httptools`` or ``h11``) with a :class:`_HeadGuard`."""
+    if impl == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        class GuardedHttpToolsProtocol(HttpToolsProtocol):
+            def connection_made(  # type: ignore[override]  # as uvicorn's
+                self, transport: asyncio.Transport
+            ) -> None:
+                super().connection_made(transport)
+                self._head_guard = _HeadGuard(self, header_timeout)
+                self._head_guard.arm()
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                self._head_guard.after_data()
+
+            def on_response_complete(self) -> None:
+                super().on_response_complete()
+                self._head_guard.after_response()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                self._head_guard.disarm()
+                super().connection_lost(exc)
+
+        return GuardedHttpToolsProtocol
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(  # type: ignore[override]  # as uvicorn's
+            self, transport: asyncio.Transport
+        ) -> None:
+            super().connection_made(transport)
+            self._head_guard = _HeadGuard(self, header_timeout)
+            self._head_guard.arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._head_guard.after_data()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._head_guard.after_response()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_guard.disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -107,6 +219,12 @@ class OSSEmulator:
             :attr:`ca_file` / :attr:`ca_pem` (``SSL_CERT_FILE``, ``curl --cacert``,
             ``ssl.create_default_context(cafile=emu.ca_file)``), as you would a company's
             own CA. Clients that don't trust it fail certificate verification.
+        header_timeout: seconds a connection gets to deliver a complete request head,
+            counted from when it opens or its previous response completed: a client that
+            connects and says nothing, or drips its head a byte at a time (slowloris), is
+            disconnected then (uvicorn alone would wait for ever). Idle kept-alive
+            connections are closed after 30 s, or this if shorter. (With ``tls=True`` the
+            TLS handshake before it has the event loop's own 60 s limit.)
     """
 
     def __init__(
@@ -123,6 +241,7 @@ class OSSEmulator:
         max_records: int = 100_000,
         etag: str = "md5",
         tls: bool = False,
+        header_timeout: float = 30.0,
     ) -> None:
         if etag not in ETAG_MODES:
             raise ValueError(f"etag must be one of {ETAG_MODES}, not {etag!r}")
@@ -130,6 +249,11 @@ class OSSEmulator:
             raise ValueError("access_key_id and access_key_secret must be non-empty")
         if callback_timeout <= 0:
             raise ValueError("callback_timeout must be > 0")
+        if not header_timeout > 0:
+            raise ValueError("header_timeout must be > 0")
+        for name in buckets:
+            _check_bucket_name(name)
+        self.header_timeout = float(header_timeout)
         self.host = host
         self._requested_port = port
         self._data_dir_arg = Path(data_dir) if data_dir is not None else None
@@ -300,7 +424,7 @@ class OSSEmulator:
 
             config = uvicorn.Config(
                 self._app,
-                http=_http_impl(),
+                http=_guarded_protocol(_http_impl(), self.header_timeout),
                 lifespan="off",
                 log_config=None,
                 access_log=False,
@@ -408,14 +532,7 @@ class OSSEmulator:
             ValueError: for a name OSS would reject (3-63 of ``a-z0-9-``, no edge hyphen).
         """
         app = self._require_running()
-        if not (
-            3 <= len(name) <= 63
-            and all(c in _BUCKET_NAME_CHARS for c in name)
-            and name[0] != "-"
-            and name[-1] != "-"
-        ):
-            raise ValueError(f"invalid bucket name {name!r}")
-        app.store.create_bucket(name)
+        app.store.create_bucket(_check_bucket_name(name))
         return name
 
     def add_credentials(
