@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +33,9 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 REPO = Path(__file__).resolve().parent.parent
+#: Where worker and server processes run (``python -m`` imports ``oss_callback`` and
+#: ``benchmarks`` from here): the repository, or a snapshot of it (:func:`take_snapshot`).
+RUN_DIR = REPO
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Case:
 class Measured:
     case: Case
     runs: list[Run]
+    failures: list[str] = field(default_factory=list)  # runs that failed and were repeated
 
     @property
     def wall(self) -> float:
@@ -81,21 +86,36 @@ class Measured:
 
 
 def run_rounds(cases: Sequence[Case], rounds: int, *, log: Callable[[str], None] = print,
-               warmup: bool = False) -> dict[str, Measured]:
+               warmup: bool = False, retries: int = 1) -> dict[str, Measured]:
     """Run every case once per round, rotating the order each round (interleaved).
 
     ``warmup``: first run every case once, unrecorded (e.g. so that a server has reached
-    its steady state: connections, heap, files to reuse).
+    its steady state: connections, heap, files to reuse). ``retries``: a run that fails is
+    run again (at most this many times per case and round); the failure is kept in
+    :attr:`Measured.failures` and shown in the case's note, never dropped silently.
     """
     results = {c.name: Measured(c, []) for c in cases}
+
+    def attempt(case: Case, label: str) -> Run:
+        for left in range(retries, -1, -1):
+            try:
+                return case.fn()
+            except Exception as exc:
+                if left == 0:
+                    raise
+                short = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                results[case.name].failures.append(f"{label}: {short}")
+                log(f"  {label:<10} {case.name:<46} FAILED ({short}); running it again")
+        raise AssertionError("unreachable")
+
     if warmup:
         for case in cases:
-            run = case.fn()
+            run = attempt(case, "warm-up")
             log(f"  warm-up    {case.name:<46} {run.wall:7.3f} s  cpu {run.cpu:6.3f} s")
     for r in range(rounds):
         order = list(cases[r % len(cases):]) + list(cases[: r % len(cases)]) if cases else []
         for case in order:
-            run = case.fn()
+            run = attempt(case, f"round {r + 1}/{rounds}")
             results[case.name].runs.append(run)
             log(f"  round {r + 1}/{rounds}  {case.name:<46} {run.wall:7.3f} s  "
                 f"cpu {run.cpu:6.3f} s"
@@ -123,18 +143,20 @@ def _server_cpu(server_cpu: Callable[[], float] | None) -> float | None:
 
 
 def run_worker(spec: Mapping[str, Any], *, server_cpu: Callable[[], float] | None = None,
-               on_ready: Callable[[int], None] | None = None, timeout: float = 1800) -> Run:
+               on_ready: Callable[[int], None] | None = None, timeout: float = 1800,
+               env: Mapping[str, str] | None = None) -> Run:
     """Run :mod:`benchmarks._worker` with ``spec``; its own timing of the operation.
 
     ``on_ready(pid)`` is called once the worker has set up its client, just before the timed
-    operation starts (to attach a profiler).
+    operation starts (to attach a profiler). ``env``: variables added to the worker's
+    environment (e.g. ``SSL_CERT_FILE``, as a user would trust a private CA).
     """
     spec = {**spec, "wait_go": on_ready is not None}
     before = _server_cpu(server_cpu)
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks._worker", json.dumps(dict(spec))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=REPO,
+        cwd=RUN_DIR, env=_child_env(env),
     )
     try:
         if on_ready is not None:
@@ -153,8 +175,8 @@ def run_worker(spec: Mapping[str, Any], *, server_cpu: Callable[[], float] | Non
     line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(
-            f"worker {spec.get('client')}/{spec.get('op')} failed (exit {proc.returncode}):\n"
-            f"{stderr[-3000:]}"
+            f"worker {spec.get('client')}/{spec.get('op')} failed (exit {proc.returncode}): "
+            f"{error_line(stderr)}\n{stderr[-3000:]}"
         )
     data = json.loads(line[len("RESULT "):])
     return Run(
@@ -164,15 +186,65 @@ def run_worker(spec: Mapping[str, Any], *, server_cpu: Callable[[], float] | Non
     )
 
 
+def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process: ours, minus a PYTHONPATH that could import
+    another ``oss_callback`` than the one in :data:`RUN_DIR`, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, **(extra or {})}
+
+
+def take_snapshot(dest: Path) -> Path:
+    """Copy ``oss_callback`` and ``benchmarks`` to ``dest`` and run every child there.
+
+    The tree may be edited while a run takes 20 minutes; with a snapshot every group
+    measures the same code (the one described by :func:`source_state` of the snapshot).
+    Children run with ``cwd`` = the snapshot, which comes first on ``sys.path`` for
+    ``python -m`` (before the editable install's path to the live tree).
+    """
+    global RUN_DIR
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.png", "*.md")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for package in ("oss_callback", "benchmarks"):
+        shutil.copytree(REPO / package, dest / package, ignore=ignore)
+    RUN_DIR = dest
+    return dest
+
+
+def check_snapshot() -> str | None:
+    """``None`` if the snapshot imports (as the workers will), else the error line."""
+    code = ("import oss_callback, oss_callback.testing, benchmarks._worker, "
+            "benchmarks._patches, benchmarks._servers; "
+            f"assert oss_callback.__file__.startswith({str(RUN_DIR)!r}), oss_callback.__file__")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=RUN_DIR, env=_child_env(),
+                          capture_output=True, text=True, check=False)
+    return None if proc.returncode == 0 else error_line(proc.stderr)
+
+
+def error_line(stderr: str) -> str:
+    """The exception line of a traceback (``RequestError: ...``), else the last line."""
+    lines = [ln.strip().lstrip("|").strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln and not set(ln) <= set("^~ +-")]
+    for ln in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Timeout|Exit|Interrupt)\b[^:]*:", ln):
+            return ln[:500]
+    return lines[-1][:500] if lines else "(no output)"
+
+
 def have_curl() -> bool:
     return shutil.which("curl") is not None
 
 
 def run_curl(url: str, path: str, *, server_cpu: Callable[[], float] | None = None,
-             expect_bytes: int | None = None) -> Run:
-    """``curl -T path url``: wall, CPU (user+sys from wait4) and peak RSS of curl."""
+             expect_bytes: int | None = None, cacert: str | None = None) -> Run:
+    """``curl -T path url``: wall, CPU (user+sys from wait4) and peak RSS of curl.
+
+    ``cacert``: the CA to trust for an ``https://`` URL (``curl --cacert``).
+    """
     cmd = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_upload}",
-           "-H", "Expect:", "-H", "Content-Type:", "-T", path, url]
+           "-H", "Expect:", "-H", "Content-Type:", *(["--cacert", cacert] if cacert else []),
+           "-T", path, url]
     before = _server_cpu(server_cpu)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -270,6 +342,68 @@ def _curl_version() -> str | None:
     return match.group(1) if match else first
 
 
+def cpu_accounting() -> dict[str, float]:
+    """Seconds so far: the machine's busy CPU and steal (``/proc/stat``), and this process's
+    own CPU plus its reaped children's (workers, curl, nginx, servers).
+
+    The difference of two readings tells how much CPU *other* processes used meanwhile, and
+    how much the hypervisor took (steal): the load a run's numbers were measured under.
+    """
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                 resource.RUSAGE_CHILDREN)]
+    own = sum(u.ru_utime + u.ru_stime for u in usage)
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return {"own": own}
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    busy = sum(fields[i] for i in (0, 1, 2, 5, 6) if i < len(fields)) / tick
+    steal = (fields[7] if len(fields) > 7 else 0) / tick
+    return {"own": own, "busy": busy, "steal": steal}
+
+
+def other_load(start: Mapping[str, float], end: Mapping[str, float], wall: float) -> str:
+    """``12.3 CPU s by other processes (5% of the machine), 0.4 s steal``."""
+    if "busy" not in start or "busy" not in end:
+        return "unknown (no /proc/stat)"
+    others = max(0.0, (end["busy"] - start["busy"]) - (end["own"] - start["own"]))
+    cores = os.cpu_count() or 1
+    steal = end["steal"] - start["steal"]
+    return (f"{others:.0f} CPU s used by other processes during the run "
+            f"({others / (wall * cores) * 100:.0f}% of the {cores} cores); "
+            f"{steal:.1f} s stolen by the hypervisor")
+
+
+def source_state(root: Path | None = None) -> str:
+    """Which oss_callback code: git HEAD of the repository, files differing from it, and
+    a digest of ``root/oss_callback`` (default: the directory the children run in).
+
+    Read-only (``git --no-optional-locks``: the index is never refreshed or written). The
+    digest is a SHA-256 over the package's ``.py`` files, so two runs of the same code match
+    even with uncommitted edits in place.
+    """
+    import hashlib
+
+    root = RUN_DIR if root is None else root
+    digest = hashlib.sha256()
+    for path in sorted((root / "oss_callback").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    text = f"digest {digest.hexdigest()[:12]}"
+    if root != REPO:
+        text += " (a snapshot taken at the start)"
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        return text
+    git = ["git", "--no-optional-locks", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip()
+    changed = subprocess.run([*git, "diff", "--name-only", "HEAD", "--", "oss_callback"],
+                             capture_output=True, text=True, check=False).stdout.split()
+    dirty = f" + uncommitted changes to {len(changed)} file(s)" if changed else ""
+    return f"git {head or '?'}{dirty}, {text}"
+
+
 def machine_info() -> dict[str, str]:
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -286,9 +420,16 @@ def machine_info() -> dict[str, str]:
         info["load at start"] = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     except OSError:
         pass
+    try:
+        import ssl
+
+        info["openssl"] = ssl.OPENSSL_VERSION
+    except ImportError:
+        pass
     for dist in ("oss-callback", "httpx", "httpcore", "h11", "anyio", "sniffio", "fastcrc",
-                 "uvicorn", "uvloop", "httptools", "oss2", "alibabacloud-oss-v2",
-                 "crcmod-plus", "requests", "psutil", "matplotlib"):
+                 "aiohttp", "httpx-aiohttp", "uvicorn", "uvloop", "httptools", "oss2",
+                 "alibabacloud-oss-v2", "crcmod-plus", "requests", "urllib3", "psutil",
+                 "matplotlib", "py-spy"):
         info[dist] = _version(dist)
     return info
 
@@ -338,14 +479,18 @@ def results_rows(results: Mapping[str, Measured], reference: str | None
             fmt(m.server_cpu, ".2f"),
             fmt(ratio(results, name, reference) if reference else None, ".2f", "x"),
             fmt(ratio(results, name, reference, "cpu") if reference else None, ".2f", "x"),
-            c.note,
+            "; ".join(x for x in (c.note, f"{len(m.failures)} failed run(s) repeated, first: "
+                                  f"{m.failures[0]}" if m.failures else "") if x),
         ])
     return header, rows
 
 
 @dataclass
 class Target:
-    """One target of the issue: ``measured`` against ``limit`` (``<=`` or ``>=``)."""
+    """One target: ``measured`` against ``limit`` (``<=``, ``>=`` or ``>``).
+
+    ``informational``: shown with its limit for orientation, but not a floor (status ``info``).
+    """
 
     name: str
     measured: float | None
@@ -353,16 +498,22 @@ class Target:
     limit: float
     unit: str = "x"
     detail: str = ""
+    informational: bool = False
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return {"<=": self.measured <= self.limit, ">=": self.measured >= self.limit,
+                ">": self.measured > self.limit}[self.op]
 
     @property
     def status(self) -> str:
         if self.measured is None:
             return "skipped"
-        if self.detail == "informational":
+        if self.informational:
             return "info"
-        ok = {"<=": self.measured <= self.limit, ">=": self.measured >= self.limit,
-              ">": self.measured > self.limit}[self.op]
-        return "met" if ok else "MISSED"
+        return "met" if self.met else "MISSED"
 
     def row(self) -> list[str]:
         value = fmt(self.measured, ".2f", self.unit if self.measured is not None else "")

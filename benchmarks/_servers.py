@@ -50,8 +50,11 @@ def _spawn(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[ServerPr
     # stderr goes to a file: a pipe nobody reads could fill up and block the server.
     log_fd, log_name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
     log = Path(log_name)
+    from . import _harness  # where the workers run (the repository or its snapshot)
+
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=log_fd, env=env, text=True)
+                            stderr=log_fd, env=env, text=True, cwd=_harness.RUN_DIR)
     os.close(log_fd)
     try:
         assert proc.stdout is not None

@@ -8,7 +8,12 @@ process (user + system over all its threads, from ``getrusage``) and the process
 cProfile (event-loop/main thread only) and the stats are dumped there.
 
 Clients: ``sdk`` (:class:`oss_callback.AsyncClient`), ``sdk_sync`` (the sync facade
-:class:`oss_callback.Client`), ``oss2``, ``v2`` (``alibabacloud_oss_v2``).
+:class:`oss_callback.Client`), ``oss2``, ``v2`` (``alibabacloud_oss_v2``). Our SDK's client is
+built as a user would build it: ``http_engine`` (``"httpx"``, the default, or ``"aiohttp"``)
+and ``max_connections`` are passed only when the spec sets them, so the SDK's defaults are
+what is measured otherwise; ``loop: "uvloop"`` runs the async cases on uvloop instead of
+asyncio's own loop. TLS trust comes from the environment (``SSL_CERT_FILE`` for our SDK,
+``REQUESTS_CA_BUNDLE`` for the requests-based peers), set by the caller.
 Ops: ``put`` (one PutObject from a file), ``resumable`` (multipart with checkpoint),
 ``small`` (``count`` objects of ``object_size`` bytes with ``inflight`` in flight).
 """
@@ -41,6 +46,9 @@ class Spec(TypedDict, total=False):
     part_size: int
     concurrency: int
     crc: bool  # peers only: their CRC-64 on/off (ours is always on)
+    http_engine: str  # sdk/sdk_sync: "httpx" (default) | "aiohttp"
+    max_connections: int  # sdk/sdk_sync: absent = the SDK's default (8)
+    loop: str  # sdk: "asyncio" (default) | "uvloop"
     checkpoint_dir: str
     count: int
     object_size: int
@@ -48,6 +56,7 @@ class Spec(TypedDict, total=False):
     profile: str  # dump a cProfile of the operation here
     patches: list[str]  # optimisations to switch off first (see _patches.py)
     wait_go: bool  # print READY after setup and wait for a line on stdin
+    keep_heap: bool  # glibc keeps freed heap memory, as the oss-callback upload command does
 
 
 def _cpu() -> tuple[float, float]:
@@ -83,6 +92,16 @@ def rss_mib() -> float:
 # --------------------------------------------------------------------------- our SDK
 
 
+def _sdk_options(spec: Spec) -> dict[str, Any]:
+    """Constructor options: only those the spec sets (else the SDK's defaults apply)."""
+    options: dict[str, Any] = {"region": spec.get("region", "cn-hangzhou")}
+    if spec.get("http_engine"):
+        options["http_engine"] = spec["http_engine"]
+    if spec.get("max_connections"):
+        options["max_connections"] = spec["max_connections"]
+    return options
+
+
 def _sdk_async(spec: Spec) -> Callable[[], dict[str, Any]]:
     import anyio
 
@@ -92,13 +111,16 @@ def _sdk_async(spec: Spec) -> Callable[[], dict[str, Any]]:
         async def main() -> dict[str, Any]:
             async with AsyncClient(
                 spec["endpoint"], spec["access_key_id"], spec["access_key_secret"],
-                region=spec.get("region", "cn-hangzhou"),
-                max_connections=max(64, spec.get("inflight", 0)),
+                **_sdk_options(spec),
             ) as client:
                 bucket = client.get_bucket(spec["bucket"])
                 return await _timed_async(lambda: _sdk_op(bucket, spec), spec)
 
-        return anyio.run(main)
+        loop = spec.get("loop", "asyncio")
+        if loop not in ("asyncio", "uvloop"):
+            raise ValueError(f"unknown loop {loop!r}")
+        return anyio.run(main, backend="asyncio",
+                         backend_options={"use_uvloop": loop == "uvloop"})
 
     return run
 
@@ -140,8 +162,7 @@ def _sdk_sync(spec: Spec) -> Callable[[], dict[str, Any]]:
 
     client = Client(
         spec["endpoint"], spec["access_key_id"], spec["access_key_secret"],
-        region=spec.get("region", "cn-hangzhou"),
-        max_connections=max(64, spec.get("inflight", 0)),
+        **_sdk_options(spec),
     )
     bucket = client.get_bucket(spec["bucket"])
 
@@ -325,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m benchmarks._worker SPEC_JSON", file=sys.stderr)
         return 2
     spec: Spec = json.loads(args[0])
+    if spec.get("keep_heap"):
+        from oss_callback._heap import keep_heap
+
+        if not keep_heap():
+            raise SystemExit("keep_heap() could not tune this process's malloc")
     if spec.get("patches"):
         from ._patches import apply
 

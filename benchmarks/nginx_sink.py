@@ -2,10 +2,10 @@
 
 The sink measures the *client*. Like OSS, it reads each request body whole before it answers:
 a front server buffers the body (``proxy_request_buffering on``: in memory up to 1.1 GB,
-beyond that in a temp file on tmpfs) and only then asks an answering server on a Unix socket, which never sees
-the body (``proxy_pass_request_body off``). (nginx's ``return`` would answer first and
-discard the body afterwards, which flatters senders that stop at the answer.) The answers
-are fixed, valid OSS responses:
+beyond that in a temp file on tmpfs) and only then asks an answering server on a Unix
+socket, which never sees the body (``proxy_pass_request_body off``). (nginx's ``return``
+would answer first and discard the body afterwards, which flatters senders that stop at the
+answer.) The answers are fixed, valid OSS responses:
 
 * ``PUT /bucket/key`` (PutObject, UploadPart): ``200`` with an ``ETag``;
 * ``POST ?uploads`` (InitiateMultipartUpload): ``InitiateMultipartUploadResult`` XML;
@@ -263,6 +263,16 @@ class NginxSink:
     def cpu_seconds(self) -> float:
         """CPU time the sink process has used so far (nginx's only process is the worker)."""
         return _proc_cpu_seconds(self.pid)
+
+    def error_log(self, limit: int = 2000) -> str:
+        """The end of nginx's error log (warnings and errors), for a failed run's report."""
+        if self._tmp is None:
+            return ""
+        log = Path(self._tmp.name) / "error.log"
+        try:
+            return log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
 
     @property
     def tls_endpoint(self) -> str:

@@ -20,6 +20,7 @@ import anyio
 
 from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
 from ._errors import CallbackError, CallbackUnknownError, OSSError
+from ._heap import keep_heap
 from ._models import PutObjectResult
 
 __all__ = ["main"]
@@ -279,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.isfile(args.path):
             what = "is a directory" if os.path.isdir(args.path) else "does not exist"
             raise UsageError(f"{args.path} {what}: give the path of a file to upload")
+        keep_heap()  # this process is ours: reuse freed buffers instead of re-faulting them
         return anyio.run(_upload, args)
     except KeyboardInterrupt:
         print("oss-callback: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -373,10 +373,17 @@ class Session:
                         method, url, signed, body,
                         on_bytes if progress is not None else None, what=_what(bucket, key))
                 except httpx.TimeoutException as exc:
-                    raise RequestError(
-                        f"{method} {_what(bucket, key)} timed out ({type(exc).__name__}); "
-                        "check the network or raise the timeout"
-                    ) from exc
+                    if not _is_certificate_error(exc):
+                        raise RequestError(
+                            f"{method} {_what(bucket, key)} timed out ({type(exc).__name__}); "
+                            "check the network or raise the timeout"
+                        ) from exc
+                    # httpx-aiohttp reports an untrusted certificate as ConnectTimeout
+                    _raise_request_error(
+                        f"{method} {_what(bucket, key)} failed: {_reason(exc)} (endpoint "
+                        f"{self.endpoint}){_hint(exc, self.http.trust_env, url=url)}",
+                        exc, redact,
+                    )
                 except httpx.TransportError as exc:
                     _raise_request_error(
                         f"{method} {_what(bucket, key)} failed: {type(exc).__name__}: "
@@ -619,10 +626,14 @@ def _reason(exc: BaseException) -> str:
     return "connection error"
 
 
+def _is_certificate_error(exc: BaseException) -> bool:
+    return any(isinstance(c, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(c)
+               for c in _causes(exc))
+
+
 def _hint(exc: httpx.TransportError, trust_env: bool, url: str) -> str:
     """What to do about the transport errors people configure their way out of."""
-    if any(isinstance(c, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(c)
-           for c in _causes(exc)):
+    if _is_certificate_error(exc):
         return ("; the server's certificate is not trusted: point SSL_CERT_FILE (or "
                 "SSL_CERT_DIR) at your CA bundle, or pass http_client=httpx.AsyncClient("
                 "verify=ssl.create_default_context(cafile=...))")

@@ -634,6 +634,28 @@ def test_aiohttp_engine_trusts_ssl_cert_file(
     assert tls_emu.get_object(BUCKET, "tls.bin") == b"aiohttp over tls"
 
 
+@pytest.mark.usefixtures("untrusting_env")
+def test_aiohttp_engine_untrusted_certificate_is_not_called_a_timeout(
+    tls_emu: OSSEmulator,
+) -> None:
+    """httpx-aiohttp reports a failed certificate check as ConnectTimeout; the SDK says what
+    it is, with the same hint as the default engine."""
+    caught: list[RequestError] = []
+
+    async def body() -> None:
+        async with AsyncClient(**client_args(tls_emu), http_engine="aiohttp") as client:
+            with pytest.raises(RequestError) as info:
+                await client.get_bucket(BUCKET).put_object("k", b"never stored")
+            caught.append(info.value)
+
+    run_on_asyncio(body)
+    message = str(caught[0])
+    assert "timed out" not in message
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert "certificate is not trusted" in message and "SSL_CERT_FILE" in message
+    assert tls_emu.list_keys(BUCKET) == []
+
+
 def test_aiohttp_engine_honours_http_proxy_from_env(
     emu: OSSEmulator, proxy: TestProxy, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

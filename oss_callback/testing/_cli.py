@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import sys
 import threading
 from types import FrameType
+
+from .._heap import keep_heap
 
 __all__ = ["build_parser", "keep_heap", "main_emulator"]
 
@@ -54,33 +55,6 @@ def build_parser(prog: str = "oss-callback emulator") -> argparse.ArgumentParser
         "sends Content-MD5 and derive ETags from CRC-64 and size (for throughput benchmarks)",
     )
     return parser
-
-
-def keep_heap() -> bool:
-    """Make glibc's malloc keep freed memory in this process (True if it could).
-
-    For a process that is an emulator server (the command, not an emulator embedded in a
-    test process).  A large upload keeps up to 8 MiB of received chunks queued for the
-    hashing/writing threads, which free them in bursts; by default glibc then hands the
-    top of the heap back to the kernel (its trim threshold adapts to ~512 KiB) and faults
-    fresh pages in for the next chunks.  That cost the receiving thread 0.4-0.9 CPU s per
-    GiB here (measured: 1 GiB PUTs at 0.9-1.5 server CPU s before, 0.93-0.96 after, where a
-    uvicorn app that discards the body takes 0.8).  Does nothing off Linux, or when the
-    environment already tunes malloc (``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
-                                     "GLIBC_TUNABLES")):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    # Setting either turns off glibc's adaptive thresholds, so set both: chunks up to
-    # 32 MiB (glibc's maximum) come from the heap, and up to 256 MiB of free heap is kept.
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
 
 
 def main_emulator(argv: list[str] | None = None) -> int:
