@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import anyio
 
 from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
+from ._engine import loop_options
 from ._errors import CallbackError, CallbackUnknownError, OSSError
 from ._heap import keep_heap
 from ._models import PutObjectResult
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = "is a directory" if os.path.isdir(args.path) else "does not exist"
             raise UsageError(f"{args.path} {what}: give the path of a file to upload")
         keep_heap()  # this process is ours: reuse freed buffers instead of re-faulting them
-        return anyio.run(_upload, args)
+        return anyio.run(_upload, args, backend_options=loop_options())
     except KeyboardInterrupt:
         print("oss-callback: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -43,7 +43,7 @@ import httpx
 from ._body import ProgressFn
 from ._callback import Callback
 from ._client import DEFAULT_GET_MAX_SIZE, AsyncBucket, AsyncClient
-from ._engine import HttpEngine
+from ._engine import HttpEngine, loop_options
 from ._models import (
     HeadObjectResult,
     InitiateMultipartUploadResult,
@@ -104,7 +104,8 @@ class _Portal:
         self._loop_closing = False
         self._loop_scopes: set[anyio.CancelScope] = set()
         self._loop_idle: anyio.Event | None = None
-        self._cm = anyio.from_thread.start_blocking_portal(name="oss-callback-portal")
+        self._cm = anyio.from_thread.start_blocking_portal(
+            "asyncio", loop_options(), name="oss-callback-portal")
         self._portal = self._cm.__enter__()
         try:
             self.loop_thread: int = self._portal.call(threading.get_ident)

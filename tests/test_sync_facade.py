@@ -799,3 +799,29 @@ def test_use_after_fork_is_a_clear_error(bucket: Bucket, client: Client) -> None
     assert os.waitstatus_to_exitcode(status) == 0
     assert "os.fork()" in message and "create a new Client" in message
     assert bucket.head_object("k").size == 1  # the parent is unaffected
+
+
+def test_the_facade_loop_is_uvloop_where_installed(oss: FakeOSS) -> None:
+    """The facade starts its own loop, so it picks the faster one when it can."""
+    import asyncio
+
+    uvloop = pytest.importorskip("uvloop")
+    with Client(ENDPOINT, transport=oss.transport(), **CLIENT_KWARGS) as client:
+        loop = client._portal.run_sync(asyncio.get_running_loop)
+        assert isinstance(loop, uvloop.Loop)
+        client.get_bucket(BUCKET).put_object("uv", b"on uvloop")
+        assert client.get_bucket(BUCKET).get_object("uv") == b"on uvloop"
+
+
+def test_the_facade_falls_back_to_asyncio_without_uvloop(
+    oss: FakeOSS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    with Client(ENDPOINT, transport=oss.transport(), **CLIENT_KWARGS) as client:
+        loop = client._portal.run_sync(asyncio.get_running_loop)
+        assert type(loop).__module__.startswith("asyncio")
+        client.get_bucket(BUCKET).put_object("plain", b"on asyncio")
+        assert client.get_bucket(BUCKET).get_object("plain") == b"on asyncio"
