@@ -687,3 +687,28 @@ def test_aiohttp_engine_on_trio_says_asyncio_only(emu: OSSEmulator) -> None:
     assert str(info.value) == ("http_engine='aiohttp' runs on asyncio only; on trio use the "
                                "default http_engine='httpx'")
     assert emu.requests == [] and emu.list_keys(BUCKET) == []
+
+
+async def test_user_http_client_default_headers_are_sent_and_signing_still_holds(
+    emu: OSSEmulator,
+) -> None:
+    """As with ``build_request``: the user's client headers go out with every request, the
+    request's own (signed) headers win, and OSS accepts the signature."""
+    seen: list[httpx.Headers] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(request.headers)
+
+    async with httpx.AsyncClient(
+        headers={"X-Trace-Id": "trace-42", "User-Agent": "my-app/1.0"},
+        event_hooks={"request": [record]},
+    ) as http, AsyncClient(**client_args(emu), http_client=http) as client:
+        bucket = client.get_bucket(BUCKET)
+        await bucket.put_object("hdr.bin", b"with my headers")
+        assert await bucket.get_object("hdr.bin") == b"with my headers"
+    assert len(seen) == 2
+    for headers in seen:
+        assert headers["x-trace-id"] == "trace-42"
+        assert headers["user-agent"].startswith("oss-callback/")  # the SDK's own wins
+        assert headers["host"] == f"127.0.0.1:{emu.port}"
+    assert emu.get_object(BUCKET, "hdr.bin") == b"with my headers"
