@@ -300,8 +300,14 @@ def test_delete_multiple_objects(oss_emulator: OSSEmulator, oss_bucket: str) -> 
     root = ET.fromstring(r.content)
     assert [k.text for k in root.iter("Key")] == ["a", "b%20c", "never-existed"]
     assert oss_emulator.list_keys(oss_bucket) == ["keep"]
-    r = oss_request(oss_emulator, "POST", oss_bucket, query=[("delete", "")], body=b"<Delete/>")
+    empty = b"<Delete/>"
+    r = oss_request(oss_emulator, "POST", oss_bucket, query=[("delete", "")], body=empty,
+                    headers={"Content-MD5": _md5_b64(empty)})
     assert (r.status_code, error_code(r)) == (400, "MalformedXML")
+    # OSS requires Content-MD5 on this request (EC 0016-00000606)
+    r = oss_request(oss_emulator, "POST", oss_bucket, query=[("delete", "")], body=body)
+    assert (r.status_code, error_code(r)) == (400, "InvalidRequest")
+    assert "Content-MD5" in r.text
 
 
 def test_empty_object_name(oss_emulator: OSSEmulator, oss_bucket: str) -> None:

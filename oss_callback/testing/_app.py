@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote_plus, unquote_to_bytes
+from urllib.parse import quote, unquote_plus, unquote_to_bytes, urlsplit
 from xml.sax.saxutils import escape
 
 import attrs
@@ -67,6 +67,8 @@ PUBLIC_KEY_PATH = "/_emulator/callback_pub_key.pem"
 #: :class:`OSSEmulator`): no MD5 unless the client sends ``Content-MD5``.
 ETAG_MODES = ("md5", "fast")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+#: OSS's own endpoint names: oss-cn-hangzhou(-internal).aliyuncs.com, oss-accelerate...
+_OSS_SERVICE_HOST = re.compile(r"oss-[a-z0-9-]+\.aliyuncs\.com")
 MAX_KEY_BYTES = 1023
 MAX_PUT_SIZE = 5 * 1024**3
 #: What a PostObject form may add to its file: the fields, boundaries and part headers.
@@ -84,7 +86,7 @@ _STORED_HEADERS = (
     "expires",
 )
 _UNSUPPORTED_OBJECT_SUBRESOURCES = frozenset(
-    ["acl", "tagging", "symlink", "append", "restore", "x-oss-process", "comp"]
+    ["acl", "tagging", "symlink", "restore", "x-oss-process", "comp"]
 )
 _UNSUPPORTED_BUCKET_SUBRESOURCES = frozenset(
     [
@@ -303,10 +305,10 @@ def operation_of(
     if any(name in q for name in _UNSUPPORTED_OBJECT_SUBRESOURCES):
         return "Unsupported"
     if method == "PUT":
+        if "x-oss-copy-source" in headers:  # handled in _objects_extra
+            return "UploadPartCopy" if "uploadId" in q and "partNumber" in q else "CopyObject"
         if "uploadId" in q and "partNumber" in q:
             return "UploadPart"
-        if "x-oss-copy-source" in headers:
-            return "Unsupported"
         return "PutObject"
     if method == "GET":
         return "ListParts" if "uploadId" in q else "GetObject"
@@ -315,6 +317,8 @@ def operation_of(
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in q else "DeleteObject"
     if method == "POST":
+        if "append" in q:
+            return "AppendObject"  # handled in _objects_extra
         if "uploads" in q:
             return "InitiateMultipartUpload"
         if "uploadId" in q:
@@ -522,11 +526,9 @@ class EmulatorApp:
             raise OSSErrorResponse(
                 400, "InvalidObjectName", "The object name is not valid UTF-8."
             ) from None
-        hostname = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
-        labels = hostname.split(".")
-        virtual = len(labels) >= 2 and not _is_ip(hostname) and self.store.bucket_exists(labels[0])
-        if virtual:
-            req.bucket = labels[0]
+        virtual = self._virtual_host_bucket(req.host)
+        if virtual is not None:
+            req.bucket = virtual
             req.key = path[1:] or None
         elif path == PUBLIC_KEY_PATH and req.method in ("GET", "HEAD"):
             req.operation = "GetCallbackPublicKey"
@@ -536,6 +538,31 @@ class EmulatorApp:
             req.bucket = bucket or None
             req.key = key or None if bucket else None
         req.operation = operation_of(req.method, req.bucket, req.key, req.q, req.headers)
+
+    def _virtual_host_bucket(self, host: str) -> str | None:
+        """The bucket a virtual-hosted ``Host`` names, ``None`` for path-style addressing.
+
+        ``<bucket>.<endpoint host>`` is virtual-hosted whether or not the bucket exists (a
+        missing one is then ``404 NoSuchBucket``, as on OSS, not a signature mismatch), where
+        the endpoint hosts are ``localhost``, the emulator's own host name and OSS's service
+        names (``oss-<region>[-internal].aliyuncs.com``, ``oss-accelerate.aliyuncs.com``).
+        Those hosts themselves, IP addresses and single labels are path-style. Any other
+        name (a CNAME, a proxy's, ``host.docker.internal``) can't be told from an endpoint
+        name: it is virtual-hosted only if its first label is an existing bucket.
+        """
+        hostname = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower()
+        if "." not in hostname or _is_ip(hostname) or self._is_endpoint_host(hostname):
+            return None
+        label, _, rest = hostname.partition(".")
+        if self._is_endpoint_host(rest) or self.store.bucket_exists(label):
+            return label
+        return None
+
+    def _is_endpoint_host(self, hostname: str) -> bool:
+        own = urlsplit(self.endpoint).hostname if self.endpoint else None
+        return (
+            hostname in ("localhost", own) or _OSS_SERVICE_HOST.fullmatch(hostname) is not None
+        )
 
     async def _dispatch(self, req: Request, fired: list[Fault]) -> Response:
         if req.operation == "GetCallbackPublicKey":
@@ -601,6 +628,11 @@ class EmulatorApp:
             )
         handler = getattr(self, f"_op_{req.operation}", None)
         if handler is None:
+            from ._objects_extra import EXTRA_HANDLERS  # copy, part copy, append
+
+            extra = EXTRA_HANDLERS.get(req.operation)
+            if extra is not None:
+                return await extra(self, req)
             raise OSSErrorResponse(
                 501, "NotImplemented", "The OSS emulator does not implement this operation."
             )
@@ -1134,6 +1166,10 @@ class EmulatorApp:
                 400, "InvalidDigest", "The Content-MD5 you specified was invalid."
             )
         root = _parse_xml(body, "Delete")
+        if expected_md5 is None:  # OSS requires it for this request (EC 0016-00000606)
+            raise OSSErrorResponse(
+                400, "InvalidRequest", "Missing required header for this request: Content-MD5."
+            )
         quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
         keys = [node.findtext("Key") for node in root.findall("Object")]
         if not keys or len(keys) > 1000 or any(not k for k in keys):
@@ -1302,6 +1338,8 @@ class EmulatorApp:
         ]
         if obj.content_md5:
             headers.append(("Content-MD5", obj.content_md5))
+        if obj.object_type == "Appendable":
+            headers.append(("x-oss-next-append-position", str(obj.size)))
         headers.extend(obj.headers.items())
         headers.extend(obj.metadata.items())
         return headers

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -536,28 +537,57 @@ class OSSEmulator:
         return name
 
     def add_credentials(
-        self, access_key_id: str, access_key_secret: str, security_token: str | None = None
+        self, access_key_id: str, access_key_secret: str, security_token: str | None = None,
+        *, expiration: datetime | None = None,
     ) -> None:
         """Accept another access key; with ``security_token`` it is an STS key, and every
-        request signed with it must carry that token (``x-oss-security-token``)."""
-        self._credentials.add(access_key_id, access_key_secret, security_token)
+        request signed with it must carry that token (``x-oss-security-token``). After
+        ``expiration`` (a timezone-aware datetime; ``None``: never) requests signed with it
+        get ``403 SecurityTokenExpired``, as from OSS."""
+        if expiration is not None and expiration.utcoffset() is None:
+            raise ValueError("expiration must be a timezone-aware datetime")
+        self._credentials.add(
+            access_key_id, access_key_secret, security_token,
+            expires_at=None if expiration is None else expiration.timestamp(),
+        )
 
     def remove_credentials(self, access_key_id: str) -> None:
-        """Stop accepting an access key (e.g. to simulate a revoked/expired STS token)."""
+        """Stop accepting an access key (a revoked key: ``403 InvalidAccessKeyId``)."""
         self._credentials.remove(access_key_id)
 
-    def issue_sts_token(self) -> StsCredentials:
+    def expire_credentials(self, access_key_id: str) -> None:
+        """Make an accepted access key (an STS token) expire now: requests signed with it
+        get ``403 SecurityTokenExpired``.
+
+        Raises:
+            KeyError: the key is not accepted.
+        """
+        self._credentials.expire(access_key_id)
+
+    def issue_sts_token(self, expires_in: float | None = 3600) -> StsCredentials:
         """Make up a temporary access key and security token, and accept them.
 
+        Args:
+            expires_in: seconds until they expire (OSS then answers ``403
+                SecurityTokenExpired``), as an STS ``AssumeRole`` would give; ``None``:
+                never. (STS itself allows 900 s to 12 h; any lifetime >= 0 is accepted.)
+
         Returns:
-            The credentials; unpack as ``ak, secret, token = emu.issue_sts_token()``.
+            The credentials (with their ``expiration``); unpack as
+            ``ak, secret, token = emu.issue_sts_token()``.
         """
+        if expires_in is not None and not expires_in >= 0:
+            raise ValueError(f"expires_in must be >= 0 seconds or None, got {expires_in!r}")
+        expiration = (None if expires_in is None
+                      else datetime.fromtimestamp(time.time() + expires_in, timezone.utc))
         creds = StsCredentials(
             access_key_id="STS." + secrets.token_hex(10),
             access_key_secret=secrets.token_urlsafe(24),
             security_token="CAIS" + secrets.token_urlsafe(96),
+            expiration=expiration,
         )
-        self.add_credentials(creds.access_key_id, creds.access_key_secret, creds.security_token)
+        self.add_credentials(creds.access_key_id, creds.access_key_secret, creds.security_token,
+                             expiration=expiration)
         return creds
 
     def reset(self) -> None:

@@ -12,6 +12,7 @@ __all__ = ["EC_CODES", "OSSErrorResponse", "error_xml", "x_oss_err"]
 #: others are plausible values chosen by the emulator (OSS does not publish a full table).
 EC_CODES: dict[str, str] = {
     "InvalidAccessKeyId": "0002-00000902",  # docs (alibabacloud-oss-v2 test_client.py)
+    "SecurityTokenExpired": "0002-00000007",  # docs (help.aliyun.com/.../0002-00000007)
     "SignatureDoesNotMatch": "0002-00000040",
     "RequestTimeTooSkewed": "0002-00000504",
     "AccessDenied": "0003-00000001",

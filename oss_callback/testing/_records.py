@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 
 import attrs
 
@@ -75,12 +76,14 @@ class StsCredentials:
     """A temporary (STS-style) access key issued by :meth:`OSSEmulator.issue_sts_token`.
 
     Unpacks as ``(access_key_id, access_key_secret, security_token)``; the secret and the
-    token never appear in the ``repr``.
+    token never appear in the ``repr``. ``expiration`` (UTC) is when the emulator stops
+    accepting them (``403 SecurityTokenExpired``); ``None``: never.
     """
 
     access_key_id: str
     access_key_secret: str = attrs.field(repr=False)
     security_token: str = attrs.field(repr=False)
+    expiration: datetime | None = None
 
     def __iter__(self) -> Iterator[str]:
         return iter((self.access_key_id, self.access_key_secret, self.security_token))

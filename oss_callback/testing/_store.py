@@ -742,6 +742,24 @@ class Store:
         self._install(obj, digest)
         return obj
 
+    def update_metadata(self, obj: StoredObject, **changes: Any) -> StoredObject:
+        """Change ``obj``'s metadata fields (a CopyObject onto itself): its bytes and files
+        stay as they are.
+
+        Raises:
+            FileNotFoundError: ``obj`` was overwritten or deleted meanwhile.
+        """
+        digest = _object_hash(obj.bucket, obj.key)
+        with self._lock:
+            current = self.objects.get(obj.bucket, {}).get(obj.key)
+            if current is None or current.data_file != obj.data_file:
+                raise FileNotFoundError(f"{obj.bucket}/{obj.key} was overwritten or deleted")
+            new = attrs.evolve(current, **changes)
+            sidecar = self.root / "objects" / digest[:2] / f"{digest}.json"
+            _write_json(sidecar, attrs.asdict(new))
+            self.objects[obj.bucket][obj.key] = new
+        return new
+
     def delete(self, bucket: str, key: str) -> bool:
         """Delete an object; False if there was none."""
         digest = _object_hash(bucket, key)
