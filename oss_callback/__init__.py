@@ -7,7 +7,7 @@ callback failed (HTTP 203).
 
 from ._callback import Callback
 from ._client import AsyncBucket, AsyncClient
-from ._credentials import Credentials
+from ._credentials import Credentials, CredentialsError, CredentialsProvider
 from ._errors import (
     CallbackError,
     CallbackUnknownError,
@@ -22,19 +22,33 @@ from ._errors import (
     ServiceError,
 )
 from ._models import (
+    AppendObjectResult,
+    CommonPrefix,
+    CopyObjectResult,
+    DeleteError,
+    DeleteObjectsResult,
     HeadObjectResult,
     InitiateMultipartUploadResult,
     ListPartsResult,
+    MultipartUpload,
+    ObjectInfo,
     PartInfo,
     PutObjectResult,
     UploadPartResult,
 )
 from ._post_policy import PostPolicy
+from ._providers import (
+    AlibabaCloudCredentialsProvider,
+    EnvironmentCredentialsProvider,
+    StaticCredentialsProvider,
+)
 from ._retry import RetryPolicy
 from ._sync import Bucket, Client
 from ._version import __version__
 
 __all__ = [
+    "AlibabaCloudCredentialsProvider",
+    "AppendObjectResult",
     "AsyncBucket",
     "AsyncClient",
     "Bucket",
@@ -44,13 +58,22 @@ __all__ = [
     "CheckpointError",
     "Client",
     "ClientError",
+    "CommonPrefix",
+    "CopyObjectResult",
     "Credentials",
+    "CredentialsError",
+    "CredentialsProvider",
+    "DeleteError",
+    "DeleteObjectsResult",
+    "EnvironmentCredentialsProvider",
     "FileChangedError",
     "HeadObjectResult",
     "InconsistentError",
     "InitiateMultipartUploadResult",
     "ListPartsResult",
+    "MultipartUpload",
     "OSSError",
+    "ObjectInfo",
     "ObjectTooLargeError",
     "PartInfo",
     "PostPolicy",
@@ -59,6 +82,7 @@ __all__ = [
     "ResponseError",
     "RetryPolicy",
     "ServiceError",
+    "StaticCredentialsProvider",
     "UploadPartResult",
     "__version__",
 ]

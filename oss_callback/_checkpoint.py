@@ -4,7 +4,8 @@ A checkpoint holds no secret: bucket, key, upload id, when the upload was initia
 source file's identity (path, size, mtime, ctime, inode), the part size, per-part
 number/offset/size/etag/crc64 (the etag is the part's MD5 as OSS returned it), and digests of
 the callback and headers.  It is written to a temp file, fsynced, and ``os.replace``-d over
-the old one, with mode 0600.
+the old one, with mode 0600.  It also records the endpoint last used, for messages only: a
+checkpoint belongs to the upload (bucket, key, file), not to the endpoint it went through.
 
 Format versions: 2 (this one) added ``file.ctime_ns`` and ``initiated_ms``.  A version-1
 checkpoint is still read, with both ``None`` (unknown): its parts are re-verified against the
@@ -32,7 +33,9 @@ __all__ = [
     "Checkpoint",
     "FileIdentity",
     "PartRecord",
+    "adopt_legacy_checkpoint",
     "default_checkpoint_path",
+    "legacy_checkpoint_path",
 ]
 
 FORMAT = "oss_callback.resumable_upload"
@@ -218,9 +221,29 @@ def state_dir() -> Path:
     return base / "oss_callback" / "checkpoints"
 
 
-def default_checkpoint_path(endpoint: str, bucket: str, key: str, file_path: str) -> str:
-    """A stable per-(endpoint, bucket, key, file) path in :func:`state_dir`."""
-    ident = "\n".join([endpoint, bucket, key, os.path.abspath(file_path)])
+def default_checkpoint_path(bucket: str, key: str, file_path: str) -> str:
+    """A stable per-(bucket, key, file) path in :func:`state_dir`.
+
+    Not per endpoint: the same upload resumes through any endpoint of its bucket.
+    """
+    return _state_file([bucket, key, os.path.abspath(file_path)])
+
+
+def legacy_checkpoint_path(endpoint: str, bucket: str, key: str, file_path: str) -> str:
+    """Where earlier versions kept the default checkpoint (keyed by the endpoint too)."""
+    return _state_file([endpoint, bucket, key, os.path.abspath(file_path)])
+
+
+def adopt_legacy_checkpoint(path: str, legacy: str) -> None:
+    """Move a checkpoint from its old default ``legacy`` path to ``path`` (if there is one
+    there and none at ``path``), so an upload begun by an earlier version resumes."""
+    if not os.path.exists(path) and os.path.isfile(legacy):
+        with contextlib.suppress(FileNotFoundError):  # another run took it first
+            os.replace(legacy, path)
+
+
+def _state_file(parts: list[str]) -> str:
+    ident = "\n".join(parts)
     name = hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:40] + ".json"
     return str(state_dir() / name)
 

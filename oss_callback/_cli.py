@@ -1,8 +1,8 @@
-"""The ``oss-callback`` command line: ``demo``, ``upload`` and ``emulator``.
+"""The ``oss-callback`` command line: ``demo``, ``upload``, ``abort-uploads`` and ``emulator``.
 
-Exit codes: 0 success; 1 the upload failed; 2 bad usage or input; 3 the object was stored
-but its callback failed (HTTP 203), or whether it succeeded is unknown (a rerun after an
-earlier run's Complete went through but its answer was lost); 130 interrupted.
+Exit codes: 0 success; 1 the upload (or an abort) failed; 2 bad usage or input; 3 the object
+was stored but its callback failed (HTTP 203), or whether it succeeded is unknown (a rerun
+after an earlier run's Complete went through but its answer was lost); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -22,7 +23,11 @@ from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
 from ._engine import loop_options
 from ._errors import CallbackError, CallbackUnknownError, OSSError
 from ._heap import keep_heap
-from ._models import PutObjectResult
+from ._models import MultipartUpload, PutObjectResult
+from ._options import upload_headers
+
+if TYPE_CHECKING:
+    from ._client import AsyncBucket, AsyncClient
 
 __all__ = ["main"]
 
@@ -33,6 +38,10 @@ EXIT_CALLBACK_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: Aborts in flight at once (``abort-uploads``).
+ABORT_CONCURRENCY = 8
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6,
           "mb": 10**6, "mi": 1024**2, "mib": 1024**2, "g": 10**9, "gb": 10**9,
           "gi": 1024**3, "gib": 1024**3, "t": 10**12, "tb": 10**12, "ti": 1024**4,
@@ -49,6 +58,27 @@ def parse_size(text: str) -> int:
     if not m or (m.group(2) or "").lower() not in _UNITS:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 8MiB, 100KiB, 1048576")
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def parse_duration(text: str) -> float:
+    """``7d``, ``12h``, ``1d12h``, ``90m``, ``30s``, ``2w`` -> seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _DURATION_PART.sub("", compact):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 7d, 12h, 1d12h, 90m, 30s (units s m h d w)"
+        )
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact))
+
+
+def parse_oss_prefix(text: str) -> tuple[str, str]:
+    """``oss://bucket[/prefix]`` -> ``(bucket, prefix)`` (``""``: the whole bucket)."""
+    m = re.fullmatch(r"oss://([^/]+)(?:/(.*))?", text, re.DOTALL)
+    if not m:
+        raise UsageError(
+            f"bad location {text!r}: write it as oss://BUCKET or oss://BUCKET/PREFIX "
+            "(e.g. oss://my-bucket/uploads/)"
+        )
+    return m.group(1), m.group(2) or ""
 
 
 def parse_oss_url(text: str) -> tuple[str, str]:
@@ -95,11 +125,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("path", metavar="PATH")
     up.add_argument("destination", metavar="oss://BUCKET/KEY")
-    up.add_argument("--endpoint", default=os.environ.get("OSS_ENDPOINT"),
-                    help="e.g. https://oss-cn-hangzhou.aliyuncs.com (default: $OSS_ENDPOINT)")
-    up.add_argument("--region", default=os.environ.get("OSS_REGION"),
-                    help="region for V4 signing when the endpoint doesn't tell it")
-    up.add_argument("--signature-version", choices=("v4", "v1"), default="v4")
+    _connection_args(up)
     up.add_argument("--callback-url", help="URL OSS POSTs to after the upload")
     up.add_argument("--callback-body", default=None,
                     help="body template, e.g. 'bucket=${bucket}&object=${object}&size=${size}'")
@@ -113,9 +139,33 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--concurrency", type=int, metavar="N", help="parts in flight")
     up.add_argument("--checkpoint-file", metavar="PATH")
     up.add_argument("--no-checkpoint", action="store_true", help="don't record progress")
-    up.add_argument("--content-type", help="Content-Type of the object")
+    up.add_argument("--content-type",
+                    help="Content-Type of the object (default: guessed from the key, then the "
+                    "file name)")
+    up.add_argument("--meta", action="append", metavar="NAME=V",
+                    help="user metadata, x-oss-meta-NAME (repeatable)")
+    up.add_argument("--storage-class",
+                    help="Standard, IA, Archive, ColdArchive or DeepColdArchive")
+    up.add_argument("--acl", help="private, public-read, public-read-write or default")
+    up.add_argument("--tag", action="append", metavar="K=V", help="object tag (repeatable)")
     up.add_argument("--json", action="store_true", help="print the result as JSON")
     up.add_argument("--quiet", action="store_true", help="no progress output")
+
+    ab = sub.add_parser(
+        "abort-uploads",
+        help="list and abort unfinished multipart uploads (their parts are billed)",
+        description="List the unfinished multipart uploads under oss://BUCKET/PREFIX and "
+        "abort them, freeing their parts (billed as storage until then). This includes "
+        "uploads still running elsewhere: use --older-than to keep recent ones, and "
+        "--dry-run to see first. Credentials come from OSS_ACCESS_KEY_ID, "
+        "OSS_ACCESS_KEY_SECRET (and OSS_SESSION_TOKEN).",
+    )
+    ab.add_argument("location", metavar="oss://BUCKET[/PREFIX]")
+    _connection_args(ab)
+    ab.add_argument("--older-than", type=parse_duration, metavar="DURATION",
+                    help="only uploads initiated at least this long ago, e.g. 7d, 12h, 1d12h")
+    ab.add_argument("--dry-run", action="store_true", help="list what would be aborted")
+    ab.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     sub.add_parser(
         "emulator",
@@ -126,6 +176,26 @@ def _build_parser() -> argparse.ArgumentParser:
         "[--etag md5|fast]",
     )
     return parser
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=os.environ.get("OSS_ENDPOINT"),
+                        help="e.g. https://oss-cn-hangzhou.aliyuncs.com (default: $OSS_ENDPOINT)")
+    parser.add_argument("--region", default=os.environ.get("OSS_REGION"),
+                        help="region for V4 signing when the endpoint doesn't tell it")
+    parser.add_argument("--signature-version", choices=("v4", "v1"), default="v4")
+
+
+def _client(args: argparse.Namespace) -> AsyncClient:
+    from ._client import AsyncClient
+
+    if not args.endpoint:
+        raise UsageError("no endpoint: pass --endpoint URL or set OSS_ENDPOINT")
+    try:
+        return AsyncClient(args.endpoint, region=args.region,
+                           signature_version=args.signature_version)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _result_dict(result: PutObjectResult) -> dict[str, Any]:
@@ -201,8 +271,6 @@ class _Progress:
 
 
 async def _upload(args: argparse.Namespace) -> int:
-    from ._client import AsyncClient
-
     bucket_name, key = parse_oss_url(args.destination)
     if not args.endpoint:
         raise UsageError("no endpoint: pass --endpoint URL or set OSS_ENDPOINT")
@@ -224,11 +292,15 @@ async def _upload(args: argparse.Namespace) -> int:
             )
         elif args.callback_body or args.callback_query or args.callback_var:
             raise UsageError("--callback-body/--callback-query/--callback-var need --callback-url")
-        client = AsyncClient(args.endpoint, region=args.region,
-                             signature_version=args.signature_version)
+        options: dict[str, Any] = {
+            "content_type": args.content_type, "storage_class": args.storage_class,
+            "acl": args.acl, "metadata": _pairs(args.meta, "--meta") if args.meta else None,
+            "tagging": _pairs(args.tag, "--tag") if args.tag else None,
+        }
+        upload_headers(key, **options)  # bad options: a usage error, before any request
     except ValueError as e:
         raise UsageError(str(e)) from None
-    headers = {"Content-Type": args.content_type} if args.content_type else None
+    client = _client(args)
     async with client:
         bucket = client.get_bucket(bucket_name)
         with _Progress(f"oss://{bucket_name}/{key}", sys.stderr,
@@ -237,7 +309,7 @@ async def _upload(args: argparse.Namespace) -> int:
                 result = await bucket.resumable_upload(
                     key, args.path, callback=callback, part_size=args.part_size,
                     concurrency=args.concurrency, checkpoint_file=args.checkpoint_file,
-                    disable_checkpoint=args.no_checkpoint, headers=headers, progress=progress,
+                    disable_checkpoint=args.no_checkpoint, progress=progress, **options,
                 )
             except (CallbackError, CallbackUnknownError) as e:
                 what = ("the callback failed" if isinstance(e, CallbackError) else
@@ -259,6 +331,105 @@ async def _upload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _age(seconds: float) -> str:
+    """``3d 4h``, ``5h 12m``, ``42s``: a rough age for people."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+async def _abort_uploads(args: argparse.Namespace) -> int:
+    bucket_name, prefix = parse_oss_prefix(args.location)
+    client = _client(args)
+    async with client:
+        bucket = client.get_bucket(bucket_name)
+        uploads = await bucket.list_multipart_uploads(prefix)
+        now = datetime.now(timezone.utc)
+        outcome: dict[int, tuple[str, str | None]] = {}  # index -> (status, error)
+        todo: list[int] = []
+        for i, u in enumerate(uploads):
+            if args.older_than is not None and (
+                u.initiated is None or (now - u.initiated).total_seconds() < args.older_than
+            ):
+                outcome[i] = ("kept", None)
+            elif args.dry_run:
+                outcome[i] = ("would_abort", None)
+            else:
+                todo.append(i)
+        if todo:
+            await _abort_all(bucket, uploads, todo, outcome)
+    failed = sum(1 for status, _ in outcome.values() if status == "failed")
+    if args.json:
+        print(json.dumps({
+            "ok": not failed, "dry_run": args.dry_run, "bucket": bucket_name, "prefix": prefix,
+            "older_than": args.older_than,
+            "uploads": [
+                {"key": u.key, "upload_id": u.upload_id,
+                 "initiated": u.initiated.isoformat() if u.initiated else None,
+                 "status": outcome[i][0], "error": outcome[i][1]}
+                for i, u in enumerate(uploads)
+            ],
+        }))
+        return EXIT_FAILED if failed else EXIT_OK
+    verbs = {"aborted": "aborted", "gone": "already gone", "would_abort": "would abort",
+             "failed": "FAILED to abort"}
+    for i, u in enumerate(uploads):
+        status, error = outcome[i]
+        if status == "kept":
+            continue
+        when = "initiated: unknown"
+        if u.initiated is not None:
+            age = _age((now - u.initiated).total_seconds())
+            when = f"initiated {u.initiated:%Y-%m-%d %H:%M:%S}Z, {age} ago"
+        line = f"{verbs[status]} oss://{bucket_name}/{u.key} upload {u.upload_id} ({when})"
+        print(f"{line}: {error}" if error else line, file=sys.stderr if error else sys.stdout)
+    counts = {s: sum(1 for st, _ in outcome.values() if st == s) for s in verbs.keys() | {"kept"}}
+    where = f"oss://{bucket_name}/{prefix}"
+    summary = [f"{len(uploads)} unfinished upload(s) under {where}"]
+    if args.dry_run:
+        summary.append(f"{counts['would_abort']} would be aborted (dry run: none was)")
+    else:
+        summary.append(f"{counts['aborted'] + counts['gone']} aborted")
+    if counts["kept"]:
+        summary.append(f"{counts['kept']} kept (initiated less than --older-than ago, or at an "
+                       "unknown time)")
+    if failed:
+        summary.append(f"{failed} failed")
+    print("; ".join(summary))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _abort_all(bucket: AsyncBucket, uploads: list[MultipartUpload], todo: list[int],
+                     outcome: dict[int, tuple[str, str | None]]) -> None:
+    """Abort ``uploads[i]`` for each ``i`` in ``todo``, a few at once; record each outcome."""
+    from ._errors import ServiceError
+
+    limiter = anyio.CapacityLimiter(ABORT_CONCURRENCY)
+
+    async def abort(i: int) -> None:
+        key, upload_id = uploads[i]
+        async with limiter:
+            try:
+                await bucket.abort_multipart_upload(key, upload_id)
+            except ServiceError as e:
+                outcome[i] = ("gone", None) if e.code == "NoSuchUpload" else (
+                    "failed", _one_line(e))
+            except (OSSError, ValueError) as e:  # one failure doesn't stop the others
+                outcome[i] = ("failed", _one_line(e))
+            else:
+                outcome[i] = ("aborted", None)
+
+    async with anyio.create_task_group() as tg:
+        for i in todo:
+            tg.start_soon(abort, i)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``oss-callback`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -278,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo()
+        if args.command == "abort-uploads":
+            return anyio.run(_abort_uploads, args, backend_options=loop_options())
         if not os.path.isfile(args.path):
             what = "is a directory" if os.path.isdir(args.path) else "does not exist"
             raise UsageError(f"{args.path} {what}: give the path of a file to upload")

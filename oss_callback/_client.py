@@ -7,9 +7,10 @@ import enum
 import os
 import tempfile
 import warnings
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from datetime import datetime, timezone
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal, overload
 
 import anyio
 import anyio.to_thread
@@ -19,7 +20,7 @@ import httpx
 from ._body import Body, ProgressFn, make_body
 from ._callback import Callback
 from ._crc64 import crc64, crc64_combine_many
-from ._credentials import Credentials
+from ._credentials import Credentials, CredentialsProvider
 from ._endpoint import Endpoint, validate_bucket_name, validate_key, validate_region
 from ._engine import HttpEngine, build_http_client, check_user_http_client
 from ._errors import (
@@ -33,14 +34,22 @@ from ._errors import (
 )
 from ._http import USER_AGENT, Redact, Session, check_answer_timeout, closing_iter, parse_crc
 from ._models import (
+    AppendObjectResult,
+    CommonPrefix,
+    CopyObjectResult,
+    DeleteObjectsResult,
     HeadObjectResult,
     InitiateMultipartUploadResult,
     ListPartsResult,
+    MultipartUpload,
+    ObjectInfo,
     PartInfo,
     PutObjectResult,
     UploadPartResult,
 )
+from ._options import upload_headers
 from ._post_policy import PostPolicy, build_post_policy
+from ._presign import presign_url
 from ._retry import RetryPolicy
 from ._xml import complete_body, parse_xml, strip_etag
 
@@ -78,6 +87,15 @@ class AsyncClient:
         access_key_id: ``None`` reads ``OSS_ACCESS_KEY_ID``.
         access_key_secret: ``None`` reads ``OSS_ACCESS_KEY_SECRET``.
         security_token: the STS token; ``None`` reads ``OSS_SESSION_TOKEN`` (optional).
+        credentials_provider: instead of the keys: an object with ``async def
+            get_credentials() -> Credentials`` (or a plain ``def``, run in a worker thread),
+            for credentials that rotate (STS tokens, ECS RAM roles): asked before the first
+            request, and again before a request once less than 5 minutes (or half their
+            lifetime, if shorter) remain until their ``expiration``, one call for all the
+            requests waiting; a request refused with 403 ``InvalidAccessKeyId``,
+            ``SecurityTokenExpired`` or ``InvalidSecurityToken`` asks it again and is sent
+            once more. Its failures raise :class:`CredentialsError`. See
+            :class:`EnvironmentCredentialsProvider`, :class:`AlibabaCloudCredentialsProvider`.
         region: e.g. ``cn-hangzhou``; derived from OSS endpoints, else ``OSS_REGION``.
             V4 needs it.
         signature_version: ``"v4"`` (default) or ``"v1"``.
@@ -122,7 +140,8 @@ class AsyncClient:
     Raises:
         ValueError: bad endpoint, missing credentials, V4 without a derivable region, or
             a missing ``http_engine`` extra.
-        TypeError: ``http_client`` combined with options that configure the SDK's own.
+        TypeError: ``http_client`` combined with options that configure the SDK's own;
+            ``credentials_provider`` together with keys, or without ``get_credentials``.
     """
 
     def __init__(
@@ -132,6 +151,7 @@ class AsyncClient:
         access_key_secret: str | None = None,
         *,
         security_token: str | None = None,
+        credentials_provider: CredentialsProvider | None = None,
         region: str | None = None,
         signature_version: str = "v4",
         path_style: bool | None = None,
@@ -163,7 +183,12 @@ class AsyncClient:
                 "region='cn-hangzhou' (or whichever region the bucket is in), set "
                 f"${ENV_REGION}, or use signature_version='v1'"
             )
-        credentials = Credentials.resolve(access_key_id, access_key_secret, security_token)
+        credentials: Credentials | None = None
+        if credentials_provider is None:
+            credentials = Credentials.resolve(access_key_id, access_key_secret, security_token)
+        else:
+            _check_provider(credentials_provider, access_key_id, access_key_secret,
+                            security_token)
         answer_timeout = check_answer_timeout(answer_timeout)
         gate: anyio.Semaphore | None = None
         user_agent = USER_AGENT
@@ -187,6 +212,7 @@ class AsyncClient:
             gate=gate,
             user_agent=user_agent,
             answer_timeout=answer_timeout,
+            credentials_provider=credentials_provider,
         )
         self._state = _State.OPEN
 
@@ -206,11 +232,29 @@ class AsyncClient:
         return self._state is _State.CLOSED
 
     def __repr__(self) -> str:
+        session = self._session
+        creds = session.cached_credentials()
+        who = f"access_key_id={creds.access_key_id!r}" if creds is not None else ""
+        if session.credentials_provider is not None:
+            who = f"credentials_provider={type(session.credentials_provider).__name__} " + (
+                who or "access_key_id=None")
         return (
-            f"<AsyncClient endpoint={self.endpoint!r} region={self.region!r} "
-            f"access_key_id={self._session.credentials.access_key_id!r}"
+            f"<AsyncClient endpoint={self.endpoint!r} region={self.region!r} {who}"
             f"{' closed' if self.is_closed else ''}>"
         )
+
+    async def get_credentials(self) -> Credentials:
+        """The credentials requests are signed with now, asking the ``credentials_provider``
+        first when it has not been asked yet or its credentials are due for renewal (as a
+        request would).
+
+        Call it before the synchronous signing helpers (:meth:`AsyncBucket.sign_post_policy`,
+        :meth:`AsyncBucket.sign_url`) when using a provider: they can't ask it themselves.
+
+        Raises:
+            CredentialsError: the provider failed or returned something unusable.
+        """
+        return await self._check_open().request_credentials()
 
     def get_bucket(self, name: str) -> AsyncBucket:
         """An :class:`AsyncBucket` that shares this client's httpx client."""
@@ -260,6 +304,20 @@ class AsyncClient:
                 ResourceWarning,
                 stacklevel=2,
             )
+
+
+def _check_provider(provider: object, *keys: str | None) -> None:
+    """A provider comes alone and has ``get_credentials`` (else ``TypeError``)."""
+    if any(k is not None for k in keys):
+        raise TypeError(
+            "pass either credentials_provider= or access_key_id/access_key_secret/"
+            "security_token, not both"
+        )
+    if not callable(getattr(provider, "get_credentials", None)):
+        raise TypeError(
+            "credentials_provider must have a get_credentials() method (async or plain) "
+            f"returning oss_callback.Credentials; {type(provider).__name__} has none"
+        )
 
 
 def _on_203(key: str, *, upload_id: str | None = None, size: int | None = None) -> Any:
@@ -394,6 +452,11 @@ class AsyncBucket:
         *,
         file: str | os.PathLike[str] | None = None,
         callback: Callback | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+        acl: str | None = None,
+        tagging: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         progress: ProgressFn | None = None,
     ) -> PutObjectResult:
@@ -404,7 +467,22 @@ class AsyncBucket:
             data: bytes, str (UTF-8), a binary file object, or a sync/async iterable of bytes.
             file: a path to upload instead of ``data`` (streamed, never read whole).
             callback: an upload callback; its server's reply is ``result.callback_body``.
-            headers: extra request headers (``Content-Type``, ``x-oss-meta-*``, ...).
+            content_type: the object's ``Content-Type``. ``None``: guessed (as oss2 does)
+                from the file name for ``file=`` uploads, else (or when the file name tells
+                nothing) from the key, by extension (``mimetypes``);
+                ``application/octet-stream`` when neither tells.
+            metadata: user metadata, ``{"name": "value"}`` -> ``x-oss-meta-name``. Names:
+                ASCII letters, digits and ``-`` (stored lower-case); values: printable
+                ASCII (percent-encode other text); 8 KiB in all.
+            storage_class: ``"Standard"``, ``"IA"``, ``"Archive"``, ``"ColdArchive"`` or
+                ``"DeepColdArchive"`` (``x-oss-storage-class``; the bucket's by default).
+            acl: ``"private"``, ``"public-read"``, ``"public-read-write"`` or ``"default"``
+                (``x-oss-object-acl``; ``default``: the bucket's ACL).
+            tagging: object tags, ``{"key": "value"}`` -> ``x-oss-tagging`` (URL-encoded):
+                at most 10; keys 1-128 and values 0-256 characters of letters, digits,
+                spaces and ``+ - = . _ : /``.
+            headers: extra request headers (``Cache-Control``, ``x-oss-forbid-overwrite``,
+                ...). Setting a header a typed option above also sets is a ``ValueError``.
             progress: ``progress(bytes_done, total_or_None)``, called as bytes are sent
                 (from the event loop thread; it starts again from 0 if a retry happens).
 
@@ -418,9 +496,15 @@ class AsyncBucket:
             InconsistentError: the CRC-64 OSS computed differs from the data sent.
             RequestError: no answer after the retries.
             FileChangedError: the file changed while it was read (nothing stored).
+            ValueError: an invalid typed option (the message names it), or one also given
+                in ``headers``.
         """
         validate_key(key)
-        h = _merge_headers(headers, callback)
+        names = (os.fsdecode(file), key) if file is not None else key
+        h = _merge_headers(upload_headers(
+            names, content_type=content_type, metadata=metadata, storage_class=storage_class,
+            acl=acl, tagging=tagging, headers=headers,
+        ), callback)
         body = make_body(data, file)
         response, content = await self._session.request(
             "PUT", self.name, key, headers=h, body=body, progress=progress,
@@ -568,6 +652,9 @@ class AsyncBucket:
         Raises:
             ValueError: both or neither of ``key``/``key_prefix``, a bad ``expires``,
                 size range or status.
+            CredentialsError: with a ``credentials_provider``, when no fresh credentials
+                of it are cached (this method is synchronous and can't ask it): call
+                ``await client.get_credentials()`` (or make any request) first.
         """
         if key is not None:
             validate_key(key)
@@ -592,6 +679,11 @@ class AsyncBucket:
         concurrency: int | None = None,
         checkpoint_file: str | os.PathLike[str] | None = None,
         disable_checkpoint: bool = False,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+        acl: str | None = None,
+        tagging: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         progress: ProgressFn | None = None,
     ) -> PutObjectResult:
@@ -616,11 +708,20 @@ class AsyncBucket:
                 2 MiB reads, not buffered).
             checkpoint_file: where to record progress; ``None`` uses a per-user state folder
                 (``$OSS_CALLBACK_STATE_DIR``, else ``$XDG_STATE_HOME/oss_callback/checkpoints``
-                or ``~/.local/state/oss_callback/checkpoints``). A valid checkpoint is resumed
-                after re-checking (CRC-64) the parts OSS holds against the file: changed parts
-                are sent again, so the object is always the file as it is now.
+                or ``~/.local/state/oss_callback/checkpoints``), one file per bucket, key and
+                local file. A valid checkpoint is resumed after re-checking (CRC-64) the
+                parts OSS holds against the file: changed parts are sent again, so the object
+                is always the file as it is now. It belongs to the upload, not the endpoint:
+                a run through another endpoint of the same bucket (internal or public,
+                accelerate, a CNAME, a proxy) continues the same multipart upload (or starts
+                a new one if OSS does not know it there).
             disable_checkpoint: no checkpoint is read or written; a failed upload is aborted.
-            headers: ``Content-Type``, ``x-oss-meta-*``... for the object (sent on Initiate).
+            content_type: as for :meth:`put_object`, but guessed (as oss2's
+                ``resumable_upload`` does) from the key first, then from the file name.
+            metadata, storage_class, acl, tagging: as for :meth:`put_object` (sent on
+                Initiate; ``acl`` on Complete too, as oss2 does). They are part of the
+                checkpoint: a run with other values restarts the upload cleanly.
+            headers: other headers for the object (sent on Initiate; also checkpointed).
             progress: ``progress(bytes_done, total)``, byte-accurate across parts; starts at
                 the bytes already uploaded when resuming; rewinds if a part is retried; never
                 exceeds ``total``. Called on the event loop thread; if it raises, the upload
@@ -656,19 +757,83 @@ class AsyncBucket:
         return await resumable_upload(
             self, key, path, callback=callback, part_size=part_size, concurrency=concurrency,
             checkpoint_file=checkpoint_file, disable_checkpoint=disable_checkpoint,
-            headers=headers, progress=progress,
+            content_type=content_type, metadata=metadata, storage_class=storage_class, acl=acl,
+            tagging=tagging, headers=headers, progress=progress,
+        )
+
+    def sign_url(
+        self,
+        method: str,
+        key: str,
+        expires: float,
+        *,
+        callback: Callback | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> str:
+        """A presigned URL: anyone holding it can make this one request until it expires.
+
+        No request is made. The URL is signed with the client's signature version (V1 or
+        V4) and credentials; an STS token goes into it (``security-token`` for V1,
+        ``x-oss-security-token`` for V4). With ``callback=`` a device can upload straight to
+        OSS with a plain HTTP PUT: OSS stores the object, calls your callback server, and
+        answers the PUT with the server's reply (or a 203 if the callback failed).
+
+        Args:
+            method: ``"GET"``, ``"PUT"``, ``"HEAD"``, ``"POST"`` or ``"DELETE"``.
+            key: the object key.
+            expires: seconds the URL stays valid (whole seconds; V4: at most 7 days).
+            callback: for a PUT (or POST): sent as the ``callback``/``callback-var`` query
+                parameters, signed, so the holder of the URL can't change it.
+            headers: headers the request must be sent with, signed: ``Content-Type``,
+                ``Content-MD5`` and ``x-oss-*`` (e.g. ``x-oss-meta-*``) always; with V4 any
+                other (e.g. ``Cache-Control``) too, as an additional signed header. V1
+                can't sign other headers: they are not part of the signature. The request
+                fails with ``SignatureDoesNotMatch`` unless it sends exactly these values.
+            params: query parameters to add (``""`` for a bare name, e.g.
+                ``{"response-content-type": "text/plain"}``); V4 signs all of them, V1 only
+                OSS's sub-resources (as OSS requires).
+
+        Raises:
+            ValueError: an unknown method, a bad key or ``expires`` (V4: over 7 days), a
+                header or parameter the signature sets itself (``Date``,
+                ``Authorization``, ``Expires``, ``x-oss-date``...), a callback on a
+                GET/HEAD/DELETE, or a callback both in ``callback=`` and in
+                ``headers``/``params``.
+        """
+        session = self._session
+        return presign_url(
+            method, self.name, key, expires,
+            credentials=session.credentials,
+            now=session.now(), endpoint=session.endpoint,
+            signature_version=session.signature_version, region=session.region,
+            headers=headers, params=params, callback=callback,
         )
 
     # ------------------------------------------------------------------ multipart
 
     async def initiate_multipart_upload(
-        self, key: str, *, headers: Mapping[str, str] | None = None
+        self,
+        key: str,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+        acl: str | None = None,
+        tagging: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> InitiateMultipartUploadResult:
-        """Start a multipart upload; ``headers`` (Content-Type, ``x-oss-meta-*``) apply to
-        the final object."""
+        """Start a multipart upload; the options and ``headers`` apply to the final object.
+
+        The typed options are those of :meth:`put_object`; without ``content_type`` (or a
+        ``Content-Type`` header) it is guessed from the key, as oss2 does.
+        """
         validate_key(key)
+        h = upload_headers(key, content_type=content_type, metadata=metadata,
+                           storage_class=storage_class, acl=acl, tagging=tagging,
+                           headers=headers)
         response, content = await self._session.request(
-            "POST", self.name, key, query=[("uploads", "")], headers=_merge_headers(headers, None),
+            "POST", self.name, key, query=[("uploads", "")], headers=_merge_headers(h, None),
         )
         node = parse_xml(content, "InitiateMultipartUploadResult", "InitiateMultipartUpload")
         return InitiateMultipartUploadResult(
@@ -778,12 +943,14 @@ class AsyncBucket:
         await self._session.request("DELETE", self.name, key, query=[("uploadId", upload_id)],
                                     ok=(204, 200))
 
-    async def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+    async def list_multipart_uploads(self, prefix: str = "") -> list[MultipartUpload]:
         """``(key, upload_id)`` of every unfinished multipart upload (optionally by prefix).
 
-        Useful to find uploads left behind by crashed runs (their parts are billed).
+        Each pair is a :class:`MultipartUpload`, which also says when the upload was
+        ``initiated``. Useful to find uploads left behind by crashed runs (their parts are
+        billed); the ``oss-callback abort-uploads`` command lists and aborts them.
         """
-        uploads: list[tuple[str, str]] = []
+        uploads: list[MultipartUpload] = []
         key_marker = upload_marker = ""
         for _ in range(100_000):
             query = [("uploads", ""), ("max-uploads", "1000")]
@@ -796,8 +963,9 @@ class AsyncBucket:
             _, content = await self._session.request("GET", self.name, None, query=query)
             node = parse_xml(content, "ListMultipartUploadsResult", "ListMultipartUploads")
             for u in node.children("Upload"):
-                uploads.append((u.key_text("Key", "ListMultipartUploads"),
-                                u.required("UploadId", "ListMultipartUploads")))
+                uploads.append(MultipartUpload(u.key_text("Key", "ListMultipartUploads"),
+                                               u.required("UploadId", "ListMultipartUploads"),
+                                               _iso_time(u.text("Initiated"))))
             if (node.text("IsTruncated") or "false").lower() != "true":
                 break
             key_marker = node.text("NextKeyMarker") or ""
@@ -834,6 +1002,172 @@ class AsyncBucket:
         return ListPartsResult(key=key, upload_id=upload_id,
                                parts=tuple(sorted(parts, key=lambda p: p.part_number)))
 
+    # ------------------------------------------------------------------ list, copy, delete
+
+    @overload
+    def list_objects(self, prefix: str | None = None, delimiter: None = None,
+                     start_after: str | None = None, *, max_keys: int = 1000,
+                     ) -> AsyncIterator[ObjectInfo]: ...
+
+    @overload
+    def list_objects(self, prefix: str | None = None, delimiter: str | None = None,
+                     start_after: str | None = None, *, max_keys: int = 1000,
+                     ) -> AsyncIterator[ObjectInfo | CommonPrefix]: ...
+
+    def list_objects(
+        self,
+        prefix: str | None = None,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        *,
+        max_keys: int = 1000,
+    ) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """Every object (optionally under ``prefix``), in key order, pages followed.
+
+        ``async for obj in bucket.list_objects("uploads/"):`` (with the synchronous
+        :class:`Bucket`, a plain ``for``). Each entry is an :class:`ObjectInfo` (``key``,
+        ``size``, ``etag``, ``last_modified`` as an aware UTC datetime, ``storage_class``,
+        ``object_type``). With a ``delimiter`` (``"/"``), keys that continue past it after
+        the prefix are rolled up into one :class:`CommonPrefix` ("folder") entry each, in
+        key order among the objects; ``entry.key`` works for both, ``entry.is_prefix``
+        tells them apart. Pages (ListObjectsV2) are fetched as the loop goes, ``max_keys``
+        entries each; stop early with ``break``: nothing is left open. No request is made
+        until the first entry is asked for.
+
+        Args:
+            prefix: only keys starting with it.
+            delimiter: roll keys up at this string (``"/"``: list one "folder" level).
+            start_after: only keys after it (in UTF-8 byte order).
+            max_keys: entries per page (1..1000); not a limit on the total.
+
+        Raises:
+            ServiceError: e.g. ``NoSuchBucket`` (raised by the iteration).
+            RequestError: no answer after the retries.
+            ValueError: ``max_keys`` out of range (at once).
+        """
+        from ._operations import ObjectLister
+
+        return ObjectLister(self, prefix, delimiter, start_after, max_keys)
+
+    async def copy_object(
+        self,
+        src_key: str,
+        dst_key: str,
+        *,
+        src_bucket: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        metadata_directive: Literal["COPY", "REPLACE"] | None = None,
+        headers: Mapping[str, str] | None = None,
+        part_size: int | None = None,
+        concurrency: int | None = None,
+        multipart_threshold: int | None = None,
+    ) -> CopyObjectResult:
+        """Copy an object (from this bucket or ``src_bucket``, same region) to ``dst_key``.
+
+        The bytes never leave OSS. The source is looked up first (HeadObject): up to
+        ``multipart_threshold`` (1 GiB, CopyObject's limit) one CopyObject, bigger sources
+        a multipart copy (UploadPartCopy, ``concurrency`` parts at a time, aborted on
+        failure). The copy is of the source as looked up (``x-oss-copy-source-if-match``
+        with its ETag: a source replaced meanwhile fails with 412 ``PreconditionFailed``)
+        and its CRC-64 is checked against the source's.
+
+        Args:
+            src_key: the source key.
+            dst_key: the destination key, in this bucket. The source's own key updates its
+                metadata in place (OSS copies no bytes); its current metadata is kept
+                unless new metadata is given.
+            src_bucket: the source's bucket (default: this one).
+            metadata: the copy's ``x-oss-meta-*`` instead of the source's (implies
+                ``metadata_directive="REPLACE"``).
+            metadata_directive: ``"COPY"`` the source's metadata (Content-Type, ...,
+                ``x-oss-meta-*``), or ``"REPLACE"`` it with ``metadata`` and ``headers``.
+                Default: ``"REPLACE"`` when ``metadata`` is given, else ``"COPY"``.
+            headers: more request headers: ``Content-Type`` and the like (with REPLACE),
+                ``x-oss-storage-class``, ``x-oss-object-acl``, ``x-oss-forbid-overwrite``,
+                ``x-oss-copy-source-if-*`` conditions.
+            part_size: bytes per part of a multipart copy (default 64 MiB, grown to stay
+                within 10,000 parts).
+            concurrency: parts of a multipart copy in flight (default 4).
+            multipart_threshold: sources larger than this many bytes are copied in parts.
+
+        Raises:
+            ServiceError: e.g. ``NoSuchKey`` (the source), ``PreconditionFailed``,
+                ``FileAlreadyExists`` (``x-oss-forbid-overwrite``).
+            InconsistentError: the copy's CRC-64 differs from the source's.
+            ValueError: ``metadata`` (or metadata headers) with ``"COPY"``, bad sizes.
+        """
+        from ._operations import copy_object
+
+        return await copy_object(
+            self, src_key, dst_key, src_bucket=src_bucket, metadata=metadata,
+            metadata_directive=metadata_directive, headers=headers, part_size=part_size,
+            concurrency=concurrency, multipart_threshold=multipart_threshold,
+        )
+
+    async def delete_objects(
+        self, keys: Iterable[str], *, quiet: bool = True
+    ) -> DeleteObjectsResult:
+        """Delete many objects: DeleteMultipleObjects, 1,000 keys a request.
+
+        As on OSS, a key that doesn't exist counts as deleted, never as an error. Keys with
+        control characters that XML can't carry are deleted one by one (DeleteObject).
+
+        Args:
+            keys: the keys (any iterable; not a single str).
+            quiet: OSS's quiet mode: it answers with failures only (the result's
+                ``deleted`` is then every key sent minus ``errors``); ``False``: it names
+                every key it deleted.
+
+        Returns:
+            :class:`DeleteObjectsResult`: ``deleted`` keys and per-key ``errors``.
+
+        Raises:
+            ServiceError: a whole request refused (e.g. ``AccessDenied``); batches before
+                it stay deleted.
+        """
+        from ._operations import delete_objects
+
+        return await delete_objects(self, keys, quiet=quiet)
+
+    async def append_object(
+        self,
+        key: str,
+        position: int,
+        data: bytes | str | IO[bytes] | Iterable[bytes] | Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        init_crc: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> AppendObjectResult:
+        """Append ``data`` to an appendable object at ``position`` (0 creates it).
+
+        ``position`` must be the object's current length: the previous result's
+        ``next_position``. OSS's CRC-64 of the whole object after the append is checked
+        against the previous CRC-64 continued over ``data``: pass ``init_crc`` (the
+        previous result's ``crc64``) or it is read with a HeadObject. A failed attempt is
+        retried (replayable data only); a retry that finds the earlier attempt went
+        through returns that (``recovered=True``), never appending twice.
+
+        Args:
+            key: the object key.
+            position: where to append: 0 for a new object, else its current length.
+            data: bytes, str (UTF-8), a binary file object, or a sync/async iterable of bytes.
+            headers: request headers; Content-Type and ``x-oss-meta-*`` count on the
+                first append only.
+            init_crc: the object's CRC-64 before this append (saves a HeadObject).
+            progress: ``progress(bytes_done, total_or_None)``, as for :meth:`put_object`.
+
+        Raises:
+            ServiceError: ``PositionNotEqualToLength`` (409: ``position`` isn't the
+                object's length; ``head_object(key).size`` is), ``ObjectNotAppendable``
+                (409: a normal or multipart object).
+            InconsistentError: the CRC-64 OSS reports isn't the expected one.
+        """
+        from ._operations import append_object
+
+        return await append_object(self, key, position, data, headers=headers,
+                                   init_crc=init_crc, progress=progress)
+
 
 async def _raw_chunks(response: httpx.Response, size: int | None = None,
                       ) -> AsyncGenerator[bytes, None]:
@@ -859,6 +1193,15 @@ def _check_combined(key: str, crcs: list[tuple[int, int]], result: PutObjectResu
             f"(request_id={result.request_id}); upload the object again",
             client_crc=expected, server_crc=result.crc64 or 0, request_id=result.request_id,
         )
+
+
+def _iso_time(text: str | None) -> datetime | None:
+    """``2012-02-23T04:18:23.000Z`` (OSS's listing times) -> aware UTC; ``None`` if not."""
+    try:
+        when = datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def _part_number(part: UploadPartResult | PartInfo | tuple[int, str]) -> int:

@@ -18,11 +18,20 @@ Two things bound an attempt beyond httpx's per-operation timeouts:
   got one); with other transports the clock starts when the request is handed over.
 * redaction: every text taken from an answer is cleaned (:class:`Redactor`) of the
   credentials and the attempt's signature before an error message is made of it.
+
+Credentials are fixed, or come from a ``credentials_provider``
+(:meth:`Session.request_credentials`): asked before the first request, and again before a
+request once less than :data:`REFRESH_MARGIN` (5 min), or half their lifetime if that is
+shorter, remains until their ``expiration``; concurrent requests share one call (single
+flight). A request that OSS answers 403 ``InvalidAccessKeyId``, ``SecurityTokenExpired``
+or ``InvalidSecurityToken`` (credentials revoked early) asks the provider once more and,
+given different credentials, is sent again once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import platform
@@ -38,10 +47,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import anyio
+import anyio.to_thread
 import httpx
 
 from ._body import Body, ProgressFn
-from ._credentials import Credentials
+from ._credentials import Credentials, CredentialsError, CredentialsProvider
 from ._endpoint import Endpoint
 from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
 from ._errors import (
@@ -73,6 +83,21 @@ Redact = Callable[[str], str]
 On203 = Callable[[httpx.Response, bytes, Redact], OSSError]
 
 _SIGNATURE = re.compile(r"(?:Signature=|^OSS [^:]+:)([^,\s]+)")
+
+#: A provider's credentials are renewed when less than this many seconds remain until
+#: their expiration (or half their lifetime, when that is shorter: 3600 s STS tokens are
+#: renewed 5 min before they expire, 4 s ones after 2 s).
+REFRESH_MARGIN = 300.0
+#: When renewing fails but the cached credentials have not expired yet, they keep being
+#: used (with a warning), and the provider is asked again after this many seconds.
+FAILED_REFRESH_PAUSE = 5.0
+#: How many credential sets' secrets :attr:`Session.redact` keeps removing after rotation
+#: (each request's own are always removed from its answers, however old).
+REDACT_HISTORY = 16
+#: 403 codes that say the credentials are not (or no longer) accepted: with a provider, the
+#: request asks it again and, given different credentials, is retried once.
+REJECTED_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SecurityTokenExpired",
+                                  "InvalidSecurityToken"})
 
 
 def parse_crc(value: str | None) -> int | None:
@@ -106,14 +131,17 @@ class Session:
         *,
         http: httpx.AsyncClient,
         endpoint: Endpoint,
-        credentials: Credentials,
+        credentials: Credentials | None,
         signature_version: str,
         region: str | None,
         retry: RetryPolicy,
         gate: anyio.Semaphore | None = None,
         user_agent: str = USER_AGENT,
         answer_timeout: float | None = None,
+        credentials_provider: CredentialsProvider | None = None,
     ) -> None:
+        if (credentials is None) == (credentials_provider is None):
+            raise TypeError("a Session needs credentials or a credentials_provider (one)")
         self.http = http
         #: Requests in flight (sent, response not yet closed) when the SDK built the pool:
         #: as many as it has connections, so the rest wait here, not in httpcore's queue
@@ -121,7 +149,21 @@ class Session:
         self.gate = gate
         self.user_agent = user_agent
         self.endpoint = endpoint
-        self.credentials = credentials
+        self.credentials_provider = credentials_provider
+        self._provider_is_async = credentials_provider is not None and (
+            inspect.iscoroutinefunction(credentials_provider.get_credentials))
+        #: the credentials requests are signed with; their refresh and expiry times (UNIX
+        #: seconds on the OSS-corrected clock); until when a failed refresh is not retried.
+        self._credentials: Credentials | None = None
+        self._refresh_at = -math.inf
+        self._expires_at = -math.inf
+        self._pause_until = -math.inf
+        self._refresh_lock = anyio.Lock()
+        #: refreshes finished (a waiter that sees it move takes that refresh's outcome).
+        self._refreshes = 0
+        self._last_failure: CredentialsError | None = None
+        self._secrets_used: list[str] = []
+        self._redactor: Redactor | None = None
         self.signature_version = signature_version
         self.region = region
         self.retry = retry
@@ -130,8 +172,9 @@ class Session:
         #: the answer deadline as configured (``None``: httpx's read timeout, see
         #: :meth:`answer_limit`).
         self.answer_timeout = check_answer_timeout(answer_timeout)
-        self._redactor: tuple[tuple[str, str | None], Redactor] | None = None
         self._traced_origins: dict[str, bool] = {}
+        if credentials is not None:
+            self._adopt(credentials)
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset)
@@ -152,29 +195,185 @@ class Session:
 
     @property
     def redact(self) -> Redactor:
-        """Removes the credentials' secret and STS token from a text."""
-        creds = self.credentials
-        key = (creds.access_key_secret, creds.security_token)
-        if self._redactor is None or self._redactor[0] != key:
-            self._redactor = (key, Redactor(key))
-        return self._redactor[1]
+        """Removes the secrets and STS tokens of the credentials used from a text (those
+        of the last :data:`REDACT_HISTORY` credential sets, after rotations)."""
+        if self._redactor is None:
+            self._redactor = Redactor(self._secrets_used)
+        return self._redactor
 
-    def _attempt_redactor(self, headers: Mapping[str, str]) -> Redactor:
-        """:attr:`redact` plus this attempt's ``Authorization`` value and signature."""
+    def _attempt_redactor(self, headers: Mapping[str, str],
+                          credentials: Credentials | None = None) -> Redactor:
+        """:attr:`redact` plus this attempt's credentials, ``Authorization`` value and
+        signature."""
         authorization = headers.get("authorization")
+        own = ((credentials.access_key_secret, credentials.security_token)
+               if credentials is not None else ())
         if not authorization:
-            return self.redact
+            return self.redact.with_secrets(*own) if own else self.redact
         match = _SIGNATURE.search(authorization)
-        return self.redact.with_secrets(match.group(1) if match else None,
+        return self.redact.with_secrets(*own, match.group(1) if match else None,
                                         exact=(authorization,))
 
     def _sign(self, method: str, bucket: str | None, key: str | None, query: Query,
-              headers: dict[str, str]) -> None:
+              headers: dict[str, str], credentials: Credentials | None = None) -> None:
+        creds = credentials if credentials is not None else self.current_credentials()
         if self.signature_version == "v1":
-            sign_v1(method, bucket, key, query, headers, self.credentials, self.now())
+            sign_v1(method, bucket, key, query, headers, creds, self.now())
         else:
             assert self.region is not None
-            sign_v4(method, bucket, key, query, headers, self.credentials, self.now(), self.region)
+            sign_v4(method, bucket, key, query, headers, creds, self.now(), self.region)
+
+    # ------------------------------------------------------------------ credentials
+
+    def _clock(self) -> float:
+        """UNIX seconds on the OSS-corrected clock (expirations are STS's, so OSS's, time)."""
+        return time.time() + self.clock_offset
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials to sign with now: :meth:`current_credentials`."""
+        return self.current_credentials()
+
+    def current_credentials(self) -> Credentials:
+        """The credentials to sign with now, without asking the provider: for the
+        synchronous signing helpers (POST policies, presigned URLs).
+
+        Fixed credentials always; a provider's cached ones while they are fresh (not yet
+        due for renewal).
+
+        Raises:
+            CredentialsError: with a provider, when none are cached yet, or they are due
+                for renewal: the message says to make a request or call
+                ``client.get_credentials()`` (which asks the provider) first.
+        """
+        creds = self._credentials
+        if creds is not None and self._clock() < self._refresh_at:
+            return creds
+        name = type(self.credentials_provider).__name__
+        state = ("has not been asked yet" if creds is None
+                 else "gave credentials that are due for renewal")
+        raise CredentialsError(
+            f"no fresh credentials to sign with: the credentials provider ({name}) {state}, "
+            "and signing here is synchronous, so it can't ask it; first call `await "
+            "client.get_credentials()` (sync Client: `client.get_credentials()`) or make "
+            "any request, then sign"
+        )
+
+    def cached_credentials(self) -> Credentials | None:
+        """The credentials last used or obtained, fresh or not (``None``: none yet)."""
+        return self._credentials
+
+    def _usable(self) -> Credentials | None:
+        """The cached credentials if a request may use them without asking the provider:
+        fresh, or (after a failed renewal, for a short pause) not yet expired."""
+        creds = self._credentials
+        if creds is None:
+            return None
+        now = self._clock()
+        if now < self._refresh_at or (now < self._pause_until and now < self._expires_at):
+            return creds
+        return None
+
+    async def request_credentials(self) -> Credentials:
+        """The credentials for a request: the cached ones, or the provider's new ones
+        when none are cached or they are due for renewal (one provider call for all the
+        requests that need it at the same time).
+
+        Raises:
+            CredentialsError: the provider failed or returned something unusable.
+        """
+        creds = self._usable()
+        if creds is not None:
+            return creds
+        return await self._refresh(rejected=None)
+
+    async def _refresh(self, rejected: Credentials | None) -> Credentials:
+        """Ask the provider, once for all concurrent callers. ``rejected``: the credentials
+        OSS just refused (renew unless another task already replaced them)."""
+        seen = self._refreshes
+        async with self._refresh_lock:
+            if self._refreshes != seen:
+                # A refresh ended while this task waited: share its outcome.
+                usable = self._usable()
+                if usable is not None:
+                    return usable
+                failure = self._last_failure
+                if failure is not None:
+                    raise CredentialsError(str(failure)) from failure.__cause__
+                current = self._credentials
+                assert current is not None
+                return current
+            current = self._credentials
+            if rejected is not None and current is not None and current is not rejected:
+                return current
+            if rejected is None and (usable := self._usable()) is not None:
+                return usable
+            try:
+                fresh = await self._ask_provider()
+            except CredentialsError as exc:
+                self._last_failure = exc
+                self._refreshes += 1
+                if rejected is None and current is not None and self._clock() < self._expires_at:
+                    logger.warning("%s; using the cached credentials until they expire, and "
+                                   "asking again in %g s", exc, FAILED_REFRESH_PAUSE)
+                    self._pause_until = self._clock() + FAILED_REFRESH_PAUSE
+                    return current
+                raise
+            self._last_failure = None
+            self._refreshes += 1
+            self._adopt(fresh)
+            return fresh
+
+    async def _ask_provider(self) -> Credentials:
+        provider = self.credentials_provider
+        assert provider is not None
+        name = type(provider).__name__
+        try:
+            if self._provider_is_async:
+                result: object = await provider.get_credentials()  # type: ignore[misc]
+            else:
+                result = await anyio.to_thread.run_sync(provider.get_credentials,
+                                                        abandon_on_cancel=True)
+                if inspect.isawaitable(result):
+                    result = await result
+        except CredentialsError:
+            raise
+        except Exception as exc:
+            raise CredentialsError(
+                f"asking the credentials provider ({name}) for credentials failed: "
+                f"{type(exc).__name__}: {self.redact(str(exc))}"
+            ) from exc
+        if not isinstance(result, Credentials):
+            raise CredentialsError(
+                f"the credentials provider ({name}) returned {type(result).__name__}, not "
+                "oss_callback.Credentials"
+            )
+        return result
+
+    def _adopt(self, creds: Credentials) -> None:
+        """Use ``creds`` from now on; schedule their renewal."""
+        now = self._clock()
+        self._credentials = creds
+        self._pause_until = -math.inf
+        if creds.expiration is None:
+            self._refresh_at = self._expires_at = math.inf
+        else:
+            self._expires_at = creds.expiration.timestamp()
+            lifetime = self._expires_at - now
+            if lifetime <= 0:
+                logger.warning(
+                    "the credentials provider (%s) gave credentials (access key id %s) that "
+                    "expired %.0f s ago (is the local clock right?); using them, and asking "
+                    "again before the next request", type(self.credentials_provider).__name__,
+                    creds.access_key_id, -lifetime)
+                self._refresh_at = now
+            else:
+                self._refresh_at = self._expires_at - min(REFRESH_MARGIN, lifetime / 2)
+        fresh = [s for s in (creds.access_key_secret, creds.security_token)
+                 if s and s not in self._secrets_used]
+        if fresh:
+            self._secrets_used = [*self._secrets_used, *fresh][-2 * REDACT_HISTORY:]
+            self._redactor = None
 
     def _learn_clock(self, response: httpx.Response, error: ServiceError) -> None:
         """Adopt OSS's clock after ``RequestTimeTooSkewed``: ``<ServerTime>``, else ``Date``.
@@ -205,6 +404,7 @@ class Session:
         query: Query,
         headers: Mapping[str, str] | None,
         body: Body | bytes | None,
+        credentials: Credentials | None = None,
     ) -> dict[str, str]:
         """The signed request headers (without ``host``, which the sender adds)."""
         # identity: OSS gzips some content types on the fly for clients that accept it, and
@@ -225,7 +425,7 @@ class Session:
                 h["transfer-encoding"] = "chunked"
         elif body is not None or method in ("PUT", "POST"):
             h["content-length"] = str(len(body or b""))
-        self._sign(method, bucket, key, query, h)
+        self._sign(method, bucket, key, query, h, credentials)
         return h
 
     def _traced(self, url: str) -> bool:
@@ -371,6 +571,7 @@ class Session:
         total = body.size if isinstance(body, Body) else (len(body) if body else 0)
         url = self.endpoint.url(bucket, key, query)
         attempt = 0
+        reauthorized = False  # asked the provider again after OSS refused its credentials
         while True:
             done = 0
 
@@ -381,11 +582,13 @@ class Session:
                     progress(done, total)
 
             response: httpx.Response | None = None
+            creds: Credentials | None = None
             try:
-                if progress is not None and attempt:
+                if progress is not None and (attempt or reauthorized):
                     progress(0, total)  # a retry starts over: progress rewinds
-                signed = self._headers(method, bucket, key, query, headers, body)
-                redact = self._attempt_redactor(signed)
+                creds = self._usable() or await self.request_credentials()
+                signed = self._headers(method, bucket, key, query, headers, body, creds)
+                redact = self._attempt_redactor(signed, creds)
                 try:
                     response = await self._transmit(
                         method, url, signed, body,
@@ -427,6 +630,22 @@ class Session:
                 if response is not None:
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
+                if (
+                    creds is not None and not reauthorized and replayable
+                    and self.credentials_provider is not None
+                    and isinstance(error, ServiceError) and error.status == 403
+                    and error.code in REJECTED_CREDENTIALS
+                ):
+                    # Revoked or expired early: renew once (shared with concurrent
+                    # requests) and, given other credentials, send again.
+                    reauthorized = True
+                    fresh = await self._refresh(rejected=creds)
+                    if (fresh.access_key_id, fresh.access_key_secret, fresh.security_token) != (
+                            creds.access_key_id, creds.access_key_secret, creds.security_token):
+                        logger.info("OSS refused the credentials of %s %s (%s); retrying with "
+                                    "the provider's new ones", method, _what(bucket, key),
+                                    error.code)
+                        continue
                 if not (replayable and self.retry.should_retry(error, attempt)):
                     raise
                 delay = self.retry.backoff(attempt)

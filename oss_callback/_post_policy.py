@@ -102,7 +102,8 @@ def build_post_policy(
         for name, value in callback.variables.items():
             fields[name] = value
             conditions.append(["eq", "$" + name, value])
-    credentials = session.credentials
+    # A provider's cached credentials if fresh (CredentialsError otherwise: this is sync).
+    credentials = session.current_credentials()
     token = credentials.security_token
     if session.signature_version == "v1":
         auth = {"OSSAccessKeyId": credentials.access_key_id}

@@ -3,28 +3,33 @@
 Policy (what happens when a previous run's checkpoint is found). Only what is provably the
 same bytes is resumed:
 
-* **resumed**: same bucket/key/file path, same file size, part size, headers and callback,
-  and OSS still knows the upload id. Every part OSS holds is re-read from the file and its
-  CRC-64 compared with the one OSS holds (ListParts; else the one recorded when it was sent):
-  matching parts are kept, every other part is uploaded (again). The file's identity (size,
-  mtime, ctime, inode) is not trusted for this: a same-size rewrite whose mtime was restored
-  (rsync, tar, backup tools) changes only the ctime, timestamps are coarse on some file
-  systems, and a format-1 checkpoint has no ctime at all. So a file rewritten in place at the
-  same size is not restarted: only its changed parts are sent again. Re-reading costs
+* **resumed**: same bucket/key/file path, same file size, part size, headers (the typed
+  options included) and callback, and OSS still knows the upload id, through whichever
+  endpoint: a checkpoint belongs to the upload, not to the endpoint string (internal or
+  public, accelerate, a CNAME or a proxy reach the same bucket). Every part OSS holds is
+  re-read from the file and its CRC-64 compared with the one OSS holds (ListParts; else the
+  one recorded when it was sent): matching parts are kept, every other part is uploaded
+  (again). The file's identity (size, mtime, ctime, inode) is not trusted for this: a
+  same-size rewrite whose mtime was restored (rsync, tar, backup tools) changes only the
+  ctime, timestamps are coarse on some file systems, and a format-1 checkpoint has no ctime
+  at all. So a file rewritten in place at the same size is not restarted: only its changed
+  parts are sent again. Re-reading costs
   0.1-0.2 s per GiB from the page cache and about 0.6 s per GiB from disk on a 2-core VM
   (see :data:`VERIFY_THREADS`), under the time to upload a GiB even on loopback, so it is
   always done (there is no option to skip it).
 * **restarted cleanly** (the stale upload is aborted, a new one begins): the file's size,
-  the callback, the headers or the part size changed.
+  the callback, the headers (typed options included) or the part size changed.
 * **recovered**: OSS no longer knows the upload id and the object is provably this upload's
   (a Complete succeeded but its answer was lost; :meth:`_Uploader._already_completed` says
   what proves it). Nothing is sent; without a callback the result has ``recovered=True``;
   with one, :class:`CallbackUnknownError` (stored, callback outcome unknown). Otherwise
-  (aborted by a lifecycle rule or a cleanup job, or an object not provably ours) a new
-  upload begins, and its Complete fires the callback. The same check runs when a retried
-  Complete answers ``NoSuchUpload`` (its first attempt went through, the answer was lost).
+  (aborted by a lifecycle rule or a cleanup job, an object not provably ours, or an endpoint
+  that does not reach the same bucket after all) a new upload begins, and its Complete fires
+  the callback. The same check runs when a retried Complete answers ``NoSuchUpload`` (its
+  first attempt went through, the answer was lost).
 * **CheckpointError** (nothing is touched; the message says what to do): the checkpoint is
-  corrupt, belongs to another bucket/key/file, or was written by a newer version.
+  corrupt, belongs to another bucket/key/file (the message says how to abort that upload,
+  whose parts are billed until then), or was written by a newer version.
 
 During a run, a file whose identity changes (size, mtime, ctime or inode) stops the upload
 before Complete with :class:`FileChangedError`; the rerun re-verifies as above.
@@ -59,7 +64,9 @@ from ._checkpoint import (
     Checkpoint,
     FileIdentity,
     PartRecord,
+    adopt_legacy_checkpoint,
     default_checkpoint_path,
+    legacy_checkpoint_path,
     read_checkpoint,
     remove_checkpoint,
     write_checkpoint,
@@ -75,6 +82,7 @@ from ._errors import (
     ServiceError,
 )
 from ._models import HeadObjectResult, PutObjectResult, UploadPartResult
+from ._options import upload_headers
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -279,6 +287,11 @@ async def resumable_upload(
     concurrency: int | None = None,
     checkpoint_file: str | os.PathLike[str] | None = None,
     disable_checkpoint: bool = False,
+    content_type: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    storage_class: str | None = None,
+    acl: str | None = None,
+    tagging: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     progress: ProgressFn | None = None,
 ) -> PutObjectResult:
@@ -302,7 +315,14 @@ async def resumable_upload(
         raise ValueError(f"concurrency must be an int in 1..{MAX_CONCURRENCY}, got {concurrency!r}")
     if callback is not None and not isinstance(callback, Callback):
         raise TypeError(f"callback must be an oss_callback.Callback, got {type(callback).__name__}")
-    init_headers = _split_headers(headers)
+    # Everything the object gets is in these headers, so in the checkpoint's headers digest:
+    # a run with another option restarts cleanly. Content-Type: from the key first, then
+    # the file name (oss2's resumable_upload guesses from the key; the small-file PutObject
+    # below gets it ready-made, so both paths agree).
+    init_headers = _split_headers(upload_headers(
+        (key, file_path), content_type=content_type, metadata=metadata,
+        storage_class=storage_class, acl=acl, tagging=tagging, headers=headers,
+    ))
     identity = FileIdentity.of(file_path)
     size = identity.size
     chosen = choose_part_size(size, part_size)
@@ -315,9 +335,12 @@ async def resumable_upload(
 
     ckpt_path: str | None = None
     if not disable_checkpoint:
-        ckpt_path = os.fspath(checkpoint_file) if checkpoint_file is not None else (
-            default_checkpoint_path(bucket.client.endpoint, bucket.name, key, file_path)
-        )
+        if checkpoint_file is not None:
+            ckpt_path = os.fspath(checkpoint_file)
+        else:
+            ckpt_path = default_checkpoint_path(bucket.name, key, file_path)
+            legacy = legacy_checkpoint_path(bucket.client.endpoint, bucket.name, key, file_path)
+            await anyio.to_thread.run_sync(adopt_legacy_checkpoint, ckpt_path, legacy)
     uploader = _Uploader(
         bucket=bucket, key=key, identity=identity, part_size=chosen, concurrency=concurrency,
         callback=callback, headers=init_headers, progress=progress, ckpt_path=ckpt_path,
@@ -353,6 +376,7 @@ class _Uploader:
         self._dirty = False
         self._writing = False
         self._last_write = -math.inf
+        self._was_via: str | None = None  # the checkpoint's endpoint, when another one
 
     # -------------------------------------------------------------- checkpoint
 
@@ -363,13 +387,19 @@ class _Uploader:
         ckpt = await anyio.to_thread.run_sync(read_checkpoint, self.ckpt_path)
         if ckpt is None:
             return None
-        mine = (self.bucket.client.endpoint, self.bucket.name, self.key, self.identity.path)
-        theirs = (ckpt.endpoint, ckpt.bucket, ckpt.key, ckpt.file.path)
+        # The upload's identity: not the endpoint (another one may reach the same bucket).
+        mine = (self.bucket.name, self.key, self.identity.path)
+        theirs = (ckpt.bucket, ckpt.key, ckpt.file.path)
         if mine != theirs:
             raise CheckpointError(
                 f"checkpoint {self.ckpt_path} belongs to another upload (oss://{ckpt.bucket}/"
-                f"{ckpt.key} from {ckpt.file.path} via {ckpt.endpoint}); pass a different "
-                "checkpoint_file= or delete it"
+                f"{ckpt.key} from {ckpt.file.path}, upload id {ckpt.upload_id}, last via "
+                f"{ckpt.endpoint}); pass a different checkpoint_file=, or delete it. Its "
+                "parts stay on OSS (billed) until that upload is resumed or aborted: "
+                f"abort it with 'oss-callback abort-uploads oss://{ckpt.bucket}/{ckpt.key} "
+                f"--endpoint {ckpt.endpoint}' (every unfinished upload whose key starts with "
+                "that one; --dry-run lists them) or "
+                f"bucket.abort_multipart_upload({ckpt.key!r}, {ckpt.upload_id!r})"
             )
         reason = None
         if ckpt.file.size != self.identity.size:
@@ -378,7 +408,7 @@ class _Uploader:
         elif ckpt.part_size != self.part_size:
             reason = f"the part size changed ({ckpt.part_size} -> {self.part_size})"
         elif ckpt.headers_digest != self.headers_digest:
-            reason = "the headers changed"
+            reason = "the headers or upload options changed"
         elif ckpt.callback_digest != self.callback_digest:
             reason = "the callback changed"
         if reason is not None:
@@ -391,6 +421,12 @@ class _Uploader:
             logger.info("%s changed since the last run but kept its size (%s); its uploaded "
                         "parts are re-verified and changed ones sent again", self.identity.path,
                         _identity_change(ckpt.file, self.identity))
+        endpoint = self.bucket.client.endpoint
+        if ckpt.endpoint != endpoint:
+            logger.info("resuming upload %s of %s through %s (last run: %s)", ckpt.upload_id,
+                        self.key, endpoint, ckpt.endpoint)
+            self._was_via = ckpt.endpoint
+            ckpt.endpoint = endpoint  # recorded for messages: where it was last reached
         return ckpt
 
     async def _save(self, ckpt: Checkpoint, *, now: bool = False) -> None:
@@ -519,9 +555,18 @@ class _Uploader:
                 done = await self._already_completed(ckpt, recorded, plan)
                 if done is not None:
                     return done
-                logger.warning("upload %s is unknown to OSS (aborted, or completed into an "
-                               "object not provably this upload's); starting a new upload",
-                               ckpt.upload_id)
+                if self._was_via is not None:
+                    logger.warning(
+                        "upload %s (begun through %s) is unknown at %s: starting a new upload. "
+                        "If that endpoint reaches another bucket of the same name, the old "
+                        "upload's parts are still there: abort it with 'oss-callback "
+                        "abort-uploads oss://%s/%s --endpoint %s'", ckpt.upload_id,
+                        self._was_via, ckpt.endpoint, self.bucket.name, self.key,
+                        self._was_via)
+                else:
+                    logger.warning("upload %s is unknown to OSS (aborted, or completed into "
+                                   "an object not provably this upload's); starting a new "
+                                   "upload", ckpt.upload_id)
                 ckpt = None
         if ckpt is None:
             initiated_ms = int(time.time() * 1000)  # before sending: never after OSS's
@@ -547,9 +592,11 @@ class _Uploader:
                 UploadPartResult(part_number=r.number, etag=r.etag, crc64=r.crc64, size=r.size)
                 for _, r in sorted(ckpt.parts.items())
             ]
+            # The ACL goes on Complete too (where OSS documents it), as oss2 does.
+            acl = {k: v for k, v in self.headers.items() if k == "x-oss-object-acl"}
             try:
                 result = await self.bucket.complete_multipart_upload(
-                    self.key, upload_id, parts, callback=self.callback
+                    self.key, upload_id, parts, callback=self.callback, headers=acl or None
                 )
             except CallbackError:
                 completed = True

@@ -32,9 +32,9 @@ import functools
 import os
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO, Any, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 import anyio.from_thread
@@ -43,15 +43,23 @@ import httpx
 from ._body import ProgressFn
 from ._callback import Callback
 from ._client import DEFAULT_GET_MAX_SIZE, AsyncBucket, AsyncClient
+from ._credentials import Credentials, CredentialsProvider
 from ._engine import HttpEngine, loop_options
 from ._models import (
+    AppendObjectResult,
+    CommonPrefix,
+    CopyObjectResult,
+    DeleteObjectsResult,
     HeadObjectResult,
     InitiateMultipartUploadResult,
     ListPartsResult,
+    MultipartUpload,
+    ObjectInfo,
     PartInfo,
     PutObjectResult,
     UploadPartResult,
 )
+from ._operations import ObjectLister, SyncObjectIterator
 from ._post_policy import PostPolicy
 from ._retry import RetryPolicy
 
@@ -272,6 +280,10 @@ class Client:
         access_key_id: ``None`` reads ``OSS_ACCESS_KEY_ID``.
         access_key_secret: ``None`` reads ``OSS_ACCESS_KEY_SECRET``.
         security_token: the STS token; ``None`` reads ``OSS_SESSION_TOKEN`` (optional).
+        credentials_provider: instead of the keys, for credentials that rotate: an object
+            with ``def get_credentials() -> Credentials`` (run in a worker thread, so it may
+            block) or an ``async def`` one (run on the client's event loop), as for
+            :class:`AsyncClient`.
         region: e.g. ``cn-hangzhou``; derived from OSS endpoints. V4 needs it.
         signature_version: ``"v4"`` (default) or ``"v1"``.
         path_style: force path-style (``True``) or virtual-hosted (``False``) addressing;
@@ -309,6 +321,7 @@ class Client:
         access_key_secret: str | None = None,
         *,
         security_token: str | None = None,
+        credentials_provider: CredentialsProvider | None = None,
         region: str | None = None,
         signature_version: str = "v4",
         path_style: bool | None = None,
@@ -325,8 +338,9 @@ class Client:
             # Built on the loop thread: the pooled httpx.AsyncClient belongs to that loop.
             async_client = portal.run_sync(functools.partial(
                 AsyncClient, endpoint, access_key_id, access_key_secret,
-                security_token=security_token, region=region,
-                signature_version=signature_version, path_style=path_style, timeout=timeout,
+                security_token=security_token, credentials_provider=credentials_provider,
+                region=region, signature_version=signature_version, path_style=path_style,
+                timeout=timeout,
                 answer_timeout=answer_timeout, retry=retry, max_connections=max_connections,
                 http_client=http_client, http_engine=http_engine, transport=transport,
             ))
@@ -370,6 +384,10 @@ class Client:
     def get_bucket(self, name: str) -> Bucket:
         """A :class:`Bucket` that shares this client's connection pool and event loop."""
         return Bucket._wrap(self, self._async.get_bucket(name))
+
+    @_same_doc(AsyncClient.get_credentials)
+    def get_credentials(self) -> Credentials:
+        return self._portal.call("get_credentials", self._async.get_credentials)
 
     @property
     def http_client(self) -> httpx.AsyncClient:
@@ -522,12 +540,18 @@ class Bucket:
         *,
         file: str | os.PathLike[str] | None = None,
         callback: Callback | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+        acl: str | None = None,
+        tagging: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         progress: ProgressFn | None = None,
     ) -> PutObjectResult:
         return self._portal.call(
             "put_object", self._async.put_object, key, data, file=file, callback=callback,
-            headers=headers, progress=progress,
+            content_type=content_type, metadata=metadata, storage_class=storage_class,
+            acl=acl, tagging=tagging, headers=headers, progress=progress,
         )
 
     @_same_doc(AsyncBucket.get_object)
@@ -590,23 +614,56 @@ class Bucket:
         concurrency: int | None = None,
         checkpoint_file: str | os.PathLike[str] | None = None,
         disable_checkpoint: bool = False,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+        acl: str | None = None,
+        tagging: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         progress: ProgressFn | None = None,
     ) -> PutObjectResult:
         return self._portal.call(
             "resumable_upload", self._async.resumable_upload, key, path, callback=callback,
             part_size=part_size, concurrency=concurrency, checkpoint_file=checkpoint_file,
-            disable_checkpoint=disable_checkpoint, headers=headers, progress=progress,
+            disable_checkpoint=disable_checkpoint, content_type=content_type,
+            metadata=metadata, storage_class=storage_class, acl=acl, tagging=tagging,
+            headers=headers, progress=progress,
+        )
+
+    @_same_doc(AsyncBucket.sign_url)
+    def sign_url(
+        self,
+        method: str,
+        key: str,
+        expires: float,
+        *,
+        callback: Callback | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> str:
+        return self._async.sign_url(  # no I/O: no trip through the event loop
+            method, key, expires, callback=callback, headers=headers, params=params
         )
 
     # ------------------------------------------------------------------ multipart
 
     @_same_doc(AsyncBucket.initiate_multipart_upload)
     def initiate_multipart_upload(
-        self, key: str, *, headers: Mapping[str, str] | None = None
+        self,
+        key: str,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str | None = None,
+        acl: str | None = None,
+        tagging: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> InitiateMultipartUploadResult:
-        return self._portal.call("initiate_multipart_upload",
-                                 self._async.initiate_multipart_upload, key, headers=headers)
+        return self._portal.call(
+            "initiate_multipart_upload", self._async.initiate_multipart_upload, key,
+            content_type=content_type, metadata=metadata, storage_class=storage_class,
+            acl=acl, tagging=tagging, headers=headers,
+        )
 
     @_same_doc(AsyncBucket.upload_part)
     def upload_part(
@@ -642,10 +699,78 @@ class Bucket:
                                  key, upload_id)
 
     @_same_doc(AsyncBucket.list_multipart_uploads)
-    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+    def list_multipart_uploads(self, prefix: str = "") -> list[MultipartUpload]:
         return self._portal.call("list_multipart_uploads", self._async.list_multipart_uploads,
                                  prefix)
 
     @_same_doc(AsyncBucket.list_parts)
     def list_parts(self, key: str, upload_id: str) -> ListPartsResult:
         return self._portal.call("list_parts", self._async.list_parts, key, upload_id)
+
+    # ------------------------------------------------------------------ list, copy, delete
+
+    @overload
+    def list_objects(self, prefix: str | None = None, delimiter: None = None,
+                     start_after: str | None = None, *, max_keys: int = 1000,
+                     ) -> Iterator[ObjectInfo]: ...
+
+    @overload
+    def list_objects(self, prefix: str | None = None, delimiter: str | None = None,
+                     start_after: str | None = None, *, max_keys: int = 1000,
+                     ) -> Iterator[ObjectInfo | CommonPrefix]: ...
+
+    @_same_doc(AsyncBucket.list_objects)
+    def list_objects(
+        self,
+        prefix: str | None = None,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        *,
+        max_keys: int = 1000,
+    ) -> Iterator[ObjectInfo | CommonPrefix]:
+        # Each page is one call on the loop; nothing stays open between them.
+        lister = ObjectLister(self._async, prefix, delimiter, start_after, max_keys)
+        return SyncObjectIterator(
+            lister, lambda: self._portal.call("list_objects", lister.next_page))
+
+    @_same_doc(AsyncBucket.copy_object)
+    def copy_object(
+        self,
+        src_key: str,
+        dst_key: str,
+        *,
+        src_bucket: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        metadata_directive: Literal["COPY", "REPLACE"] | None = None,
+        headers: Mapping[str, str] | None = None,
+        part_size: int | None = None,
+        concurrency: int | None = None,
+        multipart_threshold: int | None = None,
+    ) -> CopyObjectResult:
+        return self._portal.call(
+            "copy_object", self._async.copy_object, src_key, dst_key, src_bucket=src_bucket,
+            metadata=metadata, metadata_directive=metadata_directive, headers=headers,
+            part_size=part_size, concurrency=concurrency,
+            multipart_threshold=multipart_threshold,
+        )
+
+    @_same_doc(AsyncBucket.delete_objects)
+    def delete_objects(
+        self, keys: Iterable[str], *, quiet: bool = True
+    ) -> DeleteObjectsResult:
+        return self._portal.call("delete_objects", self._async.delete_objects, keys,
+                                 quiet=quiet)
+
+    @_same_doc(AsyncBucket.append_object)
+    def append_object(
+        self,
+        key: str,
+        position: int,
+        data: bytes | str | IO[bytes] | Iterable[bytes] | Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        init_crc: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> AppendObjectResult:
+        return self._portal.call("append_object", self._async.append_object, key, position,
+                                 data, headers=headers, init_crc=init_crc, progress=progress)

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 
 from ._errors import ResponseError
 
-__all__ = ["complete_body", "parse_xml", "strip_etag"]
+__all__ = ["complete_body", "delete_body", "parse_xml", "strip_etag", "xml_safe"]
 
 MAX_XML_BODY = 16 * 1024 * 1024
 
@@ -26,6 +26,20 @@ def complete_body(parts: Iterable[tuple[int, str]]) -> bytes:
         for n, e in parts
     )
     return f"<CompleteMultipartUpload>{items}</CompleteMultipartUpload>".encode()
+
+
+def xml_safe(text: str) -> bool:
+    """Whether XML 1.0 can carry ``text`` (most control characters it can't, even escaped)."""
+    return all((c >= " " or c in "\t\n\r") and c not in "\ufffe\uffff" for c in text)
+
+
+def delete_body(keys: Iterable[str], quiet: bool) -> bytes:
+    """The DeleteMultipleObjects body for ``keys`` (each must be :func:`xml_safe`)."""
+    items = "".join(f"<Object><Key>{escape(k)}</Key></Object>" for k in keys)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Delete><Quiet>{'true' if quiet else 'false'}</Quiet>{items}</Delete>"
+    ).encode()
 
 
 def _local(tag: str) -> str:

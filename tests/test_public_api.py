@@ -16,6 +16,14 @@ EXPECTED = {
     "InconsistentError", "InitiateMultipartUploadResult", "ListPartsResult", "OSSError",
     "PartInfo", "PostPolicy", "PutObjectResult", "RequestError", "ResponseError", "RetryPolicy",
     "ServiceError", "UploadPartResult", "__version__",
+    # credentials that rotate (issue #15)
+    "AlibabaCloudCredentialsProvider", "CredentialsError", "CredentialsProvider",
+    "EnvironmentCredentialsProvider", "StaticCredentialsProvider",
+    # listing, copying, deleting, appending (issue #15)
+    "AppendObjectResult", "CommonPrefix", "CopyObjectResult", "DeleteError",
+    "DeleteObjectsResult", "ObjectInfo",
+    # list_multipart_uploads' pairs also say when each upload began (issue #15)
+    "MultipartUpload",
 }
 
 

@@ -48,7 +48,7 @@ def run_script(code: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(python_blocks()) == 7
+    assert len(python_blocks()) == 9  # + Credentials (tests/test_credentials_readme.py)
     text = README.read_text()
     assert "oss-callback demo" in text and "bash .ci/run" in text
 
@@ -145,6 +145,23 @@ def test_browser_upload_example(oss_emulator: Any, callback_receiver: Any, tmp_p
     (received,) = callback_receiver.wait_for(1)
     assert form_fields(received.body) == {
         "object": "uploads/user-42/me.jpg", "size": "10", "user": "42"}
+
+
+def test_device_upload_example(oss_emulator: Any, callback_receiver: Any,
+                               tmp_path: Path) -> None:
+    """The presigned PUT with a callback: the "device" part is a plain httpx PUT."""
+    oss_emulator.create_bucket("examplebucket")
+    code = block("sign_url(").replace(CLOUD_ENDPOINT, oss_emulator.endpoint).replace(
+        "https://app.example.com/oss-callback", callback_receiver.url + "/oss-callback")
+    env = {k: v for k, v in emu_env(oss_emulator).items() if not k.upper().endswith("_PROXY")}
+    out = run_script(code, tmp_path, env)
+    assert out == "200 {'Status': 'OK'}\n"
+    assert oss_emulator.get_object("examplebucket", "uploads/user-42/clip.mp4") == b"...video..."
+    assert oss_emulator.head_object("examplebucket",
+                                    "uploads/user-42/clip.mp4").content_type == "video/mp4"
+    (received,) = callback_receiver.wait_for(1)
+    assert form_fields(received.body) == {
+        "object": "uploads/user-42/clip.mp4", "size": "11", "user": "42"}
 
 
 def test_respx_example(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ from oss_callback._checkpoint import (
     write_checkpoint,
 )
 from oss_callback._crc64 import crc64
+from oss_callback._options import upload_headers
 from oss_callback._resumable import _headers_digest
 from oss_callback.testing import OSSEmulator
 
@@ -265,7 +266,9 @@ def _checkpoint(endpoint: str, bucket: str, key: str, src: Path) -> Checkpoint:
     )
 
 
-@pytest.mark.parametrize("other", ["bucket", "key", "file", "endpoint"])
+# "endpoint" is no longer among them: a checkpoint belongs to the upload (bucket, key, local
+# file), not to the endpoint string it went through (issue #15; the next test).
+@pytest.mark.parametrize("other", ["bucket", "key", "file"])
 async def test_checkpoint_of_another_upload_is_refused_and_left_alone(
     api: Api, oss_emulator: OSSEmulator, tmp_path: Path, other: str
 ) -> None:
@@ -275,8 +278,7 @@ async def test_checkpoint_of_another_upload_is_refused_and_left_alone(
     shutil.copy(src, twin)
     endpoint = api.bucket.client.endpoint
     fields = {"endpoint": endpoint, "bucket": BUCKET, "key": "mine.bin", "src": src}
-    fields[other] = {"bucket": "another-bucket", "key": "theirs.bin", "file": twin,
-                     "endpoint": "http://127.0.0.1:1"}[other]
+    fields[other] = {"bucket": "another-bucket", "key": "theirs.bin", "file": twin}[other]
     if other == "file":
         fields["src"] = fields.pop("file")
     ckpt = tmp_path / "ckpt.json"
@@ -287,6 +289,32 @@ async def test_checkpoint_of_another_upload_is_refused_and_left_alone(
     assert str(ckpt) in str(info.value)
     assert ckpt.read_bytes() == before  # not rewritten, not deleted
     assert_untouched(oss_emulator)  # and above all: the other upload was not aborted
+
+
+async def test_checkpoint_written_through_another_endpoint_is_used_not_refused(
+    api: Api, oss_emulator: OSSEmulator, tmp_path: Path
+) -> None:
+    # Until issue #15 this checkpoint was refused ("belongs to another upload") because its
+    # endpoint string differed. Another endpoint may reach the same bucket (internal vs
+    # public, accelerate, a CNAME, a proxy), so its upload id is now looked up here; this
+    # one is unknown here, so the upload restarts cleanly (nothing aborted: there is nothing
+    # to abort; tests/test_resumable_endpoint.py resumes a live one).
+    src = tmp_path / "src.bin"
+    data = write_file(src, 3 * PART)
+    ckpt = tmp_path / "ckpt.json"
+    checkpoint = _checkpoint("http://127.0.0.1:1", BUCKET, "mine.bin", src)
+    # the headers this upload sends (a Content-Type is always among them): only the endpoint
+    # differs from this run's
+    checkpoint.headers_digest = _headers_digest(upload_headers(("mine.bin", str(src))))
+    write_checkpoint(str(ckpt), checkpoint)
+    result = await api.resumable_upload("mine.bin", src, part_size=PART, checkpoint_file=ckpt)
+    assert_stored_exactly(oss_emulator, BUCKET, "mine.bin", data)
+    (listed,) = records(oss_emulator, "ListParts")
+    assert ("uploadId", "SOMEONE-ELSES-UPLOAD") in listed.query  # looked up, not refused
+    assert records(oss_emulator, "AbortMultipartUpload") == []
+    assert result.upload_id not in (None, "SOMEONE-ELSES-UPLOAD")
+    assert len(records(oss_emulator, "UploadPart")) == 3
+    assert not ckpt.exists()
 
 
 def _payload(tmp_path: Path) -> dict[str, Any]:

@@ -188,12 +188,12 @@ def test_default_checkpoint_path_is_outside_the_source_folder(
     monkeypatch.delenv("OSS_CALLBACK_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     src = tmp_path / "data" / "file.bin"
-    a = default_checkpoint_path("http://e", "bkt", "key", str(src))
-    b = default_checkpoint_path("http://e", "bkt", "other", str(src))
+    a = default_checkpoint_path("bkt", "key", str(src))
+    b = default_checkpoint_path("bkt", "other", str(src))
     assert a != b
     assert Path(a).parent == tmp_path / "xdg" / "oss_callback" / "checkpoints"
     monkeypatch.setenv("OSS_CALLBACK_STATE_DIR", str(tmp_path / "override"))
-    assert Path(default_checkpoint_path("http://e", "bkt", "key", str(src))).parent == (
+    assert Path(default_checkpoint_path("bkt", "key", str(src))).parent == (
         tmp_path / "override"
     )
 

@@ -432,8 +432,7 @@ async def test_checkpoint_file_is_0600_in_a_0700_folder_even_with_umask_0(
     modes: list[tuple[int, int]] = []
 
     async with open_api(oss_emulator, oss_bucket, facade) as api:
-        ckpt = Path(default_checkpoint_path(api.bucket.client.endpoint, oss_bucket, "k",
-                                            str(src)))
+        ckpt = Path(default_checkpoint_path(oss_bucket, "k", str(src)))
 
         def record(done: int, total: int | None) -> None:
             if ckpt.exists():

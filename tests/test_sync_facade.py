@@ -232,11 +232,13 @@ def _public_methods(cls: type) -> dict[str, Any]:
 
 
 def _as_sync(sig: inspect.Signature) -> inspect.Signature:
-    """The signature with AsyncBucket/AsyncClient annotations read as Bucket/Client."""
+    """The signature with AsyncBucket/AsyncClient annotations read as Bucket/Client, and an
+    ``AsyncIterator[...]`` result (``async for``: list_objects) as a plain ``Iterator[...]``."""
 
     def fix(annotation: Any) -> Any:
         if isinstance(annotation, str):
-            return annotation.replace("AsyncBucket", "Bucket").replace("AsyncClient", "Client")
+            return (annotation.replace("AsyncBucket", "Bucket").replace("AsyncClient", "Client")
+                    .replace("AsyncIterator[", "Iterator["))
         return annotation
 
     return sig.replace(
@@ -258,7 +260,9 @@ def test_same_methods_signatures_and_docstrings(sync_cls: type, async_cls: type)
         sync_method = sync_methods[name]
         assert inspect.signature(sync_method) == _as_sync(inspect.signature(async_method)), name
         assert not inspect.iscoroutinefunction(sync_method), name
-        if inspect.iscoroutinefunction(async_method):
+        if inspect.iscoroutinefunction(async_method) or str(
+            inspect.signature(async_method).return_annotation
+        ).startswith("AsyncIterator["):
             # one docstring serves both, copied (not retyped)
             assert sync_method.__doc__ == async_method.__doc__, name
             assert sync_method.__doc__, name
