@@ -171,15 +171,19 @@ class _Portal:
         self.check(method)
         finished = threading.Event()
         abandoned = threading.Event()
+        # The task's scope, once it runs: the task can start before start_task_soon()
+        # returns here, so an interruption in that window must still be able to cancel it.
+        spawned: list[anyio.CancelScope] = []
 
         async def run() -> T | _Raised:
             try:
                 if self._loop_closing:
                     raise self._closed_while_running(method)
-                if abandoned.is_set():
-                    # The caller was interrupted while the task was being spawned.
-                    return _Raised(RuntimeError(f"{method}() was abandoned"))
                 with anyio.CancelScope() as scope:
+                    spawned.append(scope)
+                    if abandoned.is_set():
+                        # The caller was interrupted while the task was being spawned.
+                        return _Raised(RuntimeError(f"{method}() was abandoned"))
                     self._loop_scopes.add(scope)
                     try:
                         return await fn(*args, **kwargs)
@@ -193,7 +197,10 @@ class _Portal:
                         self._loop_scopes.discard(scope)
                         if not self._loop_scopes and self._loop_idle is not None:
                             self._loop_idle.set()
-                # Only reached when close() cancelled this scope.
+                # Only reached when this scope was cancelled: by close(), or by a caller
+                # interrupted while spawning (nobody reads the outcome then).
+                if abandoned.is_set():
+                    return _Raised(RuntimeError(f"{method}() was abandoned"))
                 raise self._closed_while_running(method)
             finally:
                 finished.set()
@@ -213,7 +220,13 @@ class _Portal:
             raise self._closed_while_running(method) from None
         except BaseException:
             if future is None:
+                # Interrupted while spawning: the task may already be running (it appends
+                # its scope before it looks at `abandoned`, this thread sets `abandoned`
+                # before it looks at `spawned`, so one of the two sees the other).
                 abandoned.set()
+                if spawned:
+                    self._portal.call(spawned[0].cancel)
+                    finished.wait()
             elif not future.done():
                 # Interrupted while waiting (Ctrl-C, an exception from a signal handler):
                 # cancel the task and wait until its cleanup is over, so nothing keeps

@@ -715,6 +715,41 @@ def test_keyboard_interrupt_cancels_the_task_before_returning(
     assert bucket.put_object("k", b"v").size == 1  # still usable
 
 
+def test_interrupt_while_the_task_is_being_spawned_still_cancels_it(
+    oss: FakeOSS, client: Client, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task can start running before the portal's spawn returns to the caller; a Ctrl-C
+    in that window once left it running in the background (seen as a hang in CI)."""
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def hold(request: httpx.Request) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    oss.gate = hold
+    portal = client._portal._portal
+    spawn = portal.start_task_soon
+
+    def spawn_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(portal, "start_task_soon", spawn)  # only the first spawn
+        spawn(*args, **kwargs)
+        assert started.wait(10)  # the task is already running...
+        raise KeyboardInterrupt  # ...when Ctrl-C lands, before the future is handed back
+
+    monkeypatch.setattr(portal, "start_task_soon", spawn_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bucket.put_object("k", b"v")
+    assert cancelled.is_set()  # cancelled, and its cleanup over, before the call returned
+    assert oss.in_flight == 0
+    assert "k" not in oss.objects
+    monkeypatch.undo()
+    oss.gate = None
+    assert bucket.put_object("k", b"v").size == 1  # still usable
+
+
 @needs_main_thread
 def test_cancellation_waits_for_shielded_cleanup(oss: FakeOSS, bucket: Bucket) -> None:
     started, cleaned = threading.Event(), threading.Event()
