@@ -109,9 +109,11 @@ def _check_host(
         )
 
 
-def _check_sni(instance: Callback, attribute: attrs.Attribute[bool], value: bool) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"Callback.sni must be a bool, got {type(value).__name__}")
+def _check_sni(
+    instance: Callback, attribute: attrs.Attribute[bool | None], value: bool | None
+) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"Callback.sni must be True, False or None, got {type(value).__name__}")
 
 
 def _check_variables(
@@ -137,7 +139,10 @@ class Callback:
             ``${size}``, ``${mimeType}``, ``${crc64}``... and custom ``${x:name}`` variables.
         body_type: ``application/x-www-form-urlencoded`` (default) or ``application/json``.
         host: the ``Host`` header of the callback request (``callbackHost``).
-        sni: send SNI when calling an https URL (``callbackSNI``).
+        sni: send SNI when calling an https URL (``callbackSNI``). ``None`` (default): on
+            when a URL is ``https://`` (HTTPS servers behind a CDN, a load balancer or a
+            shared IP refuse handshakes without it), off (and not encoded) for ``http://``.
+            ``False`` turns it off, as OSS does when ``callbackSNI`` is absent.
         variables: custom variables (``x-oss-callback-var``); keys ``x:`` + lowercase.
 
     Raises:
@@ -156,7 +161,7 @@ class Callback:
     body: str = attrs.field(default=DEFAULT_BODY, validator=_check_body, kw_only=True)
     body_type: str = attrs.field(default=FORM_BODY_TYPE, validator=_check_body_type, kw_only=True)
     host: str | None = attrs.field(default=None, validator=_check_host, kw_only=True)
-    sni: bool = attrs.field(default=False, validator=_check_sni, kw_only=True)
+    sni: bool | None = attrs.field(default=None, validator=_check_sni, kw_only=True)
     variables: Mapping[str, str] = attrs.field(
         factory=dict, converter=_to_str_map, validator=_check_variables, kw_only=True, hash=False,
         repr=_map_repr,
@@ -175,6 +180,14 @@ class Callback:
                 )
 
     @property
+    def sends_sni(self) -> bool:
+        """Whether OSS is asked to send SNI (``callbackSNI``): ``sni``, or when it is
+        ``None``, whether a URL is ``https://``."""
+        if self.sni is not None:
+            return self.sni
+        return any(urlsplit(u).scheme == "https" for u in self.url.split(";"))
+
+    @property
     def full_url(self) -> str:
         """The ``callbackUrl`` value: each URL with ``query`` appended."""
         suffix = "?" + urlencode(dict(self.query)) if self.query else ""
@@ -189,7 +202,7 @@ class Callback:
         }
         if self.host is not None:
             d["callbackHost"] = self.host
-        if self.sni:
+        if self.sends_sni:
             d["callbackSNI"] = True
         return d
 

@@ -30,6 +30,7 @@ from ._errors import (
     OSSError,
     ResponseError,
     ServiceError,
+    callback_failure_hint,
     make_service_error,
 )
 from ._http import USER_AGENT, Redact, Session, check_answer_timeout, closing_iter, parse_crc
@@ -320,11 +321,16 @@ def _check_provider(provider: object, *keys: str | None) -> None:
         )
 
 
-def _on_203(key: str, *, upload_id: str | None = None, size: int | None = None) -> Any:
+def _on_203(key: str, callback: Callback, *, upload_id: str | None = None,
+            size: int | None = None) -> Any:
     def build(response: httpx.Response, data: bytes, redact: Redact) -> OSSError:
         result = _put_result(key, response, None, callback_status=203, upload_id=upload_id,
                              size=size, redact=redact)
-        return make_service_error(203, response.headers, data, result=result, redact=redact)
+        return make_service_error(
+            203, response.headers, data, result=result, redact=redact,
+            callback_hint=lambda message: callback_failure_hint(
+                callback.url, callback.sends_sni, message),
+        )
 
     return build
 
@@ -508,7 +514,7 @@ class AsyncBucket:
         body = make_body(data, file)
         response, content = await self._session.request(
             "PUT", self.name, key, headers=h, body=body, progress=progress,
-            on_203=_on_203(key, size=body.size) if callback else None,
+            on_203=_on_203(key, callback, size=body.size) if callback else None,
         )
         _require_etag(response, "PutObject", self._session.redact)
         return _put_result(
@@ -916,7 +922,8 @@ class AsyncBucket:
             response, content = await self._session.request(
                 "POST", self.name, key, query=[("uploadId", upload_id)], headers=h,
                 body=complete_body(numbered),
-                on_203=_on_203(key, upload_id=upload_id, size=size) if callback else None,
+                on_203=(_on_203(key, callback, upload_id=upload_id, size=size)
+                        if callback else None),
             )
         except CallbackError as e:
             # Stored, callback failed: the object's integrity still matters most.

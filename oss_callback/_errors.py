@@ -464,6 +464,27 @@ def decode_x_oss_err(value: str) -> dict[str, str]:
     return parse_error_xml(raw)
 
 
+#: OSS's ``CallbackFailed`` message when it could not reach the callback URL: a refused
+#: connection, an unknown host and a failed TLS handshake all read the same.
+_CALLBACK_CONNECT_FAILED = re.compile(r"error status\s*:\s*-1\.?\s*oss can ?not connect", re.I)
+
+
+def callback_failure_hint(urls: str, sends_sni: bool, message: str) -> str | None:
+    """What to do about a failed callback, when the SDK can tell: OSS could not connect to
+    an ``https://`` callback URL and the callback asked for no SNI (``callbackSNI``)."""
+    https = any(urlsplit(u).scheme == "https" for u in urls.split(";"))
+    if sends_sni or not https or not _CALLBACK_CONNECT_FAILED.search(message):
+        return None
+    if "sni=true" in message.lower():
+        return None  # the message says it already (the emulator's does)
+    return (
+        "OSS called the https callback URL without SNI (Callback(sni=False)); if the server "
+        "needs SNI, as most HTTPS servers behind a CDN, a load balancer or a shared IP do, "
+        "the TLS handshake fails like this: use Callback(sni=True), or leave sni at its "
+        "default (on for https URLs)"
+    )
+
+
 def make_service_error(
     status: int,
     headers: Mapping[str, str],
@@ -471,6 +492,7 @@ def make_service_error(
     *,
     result: PutObjectResult | None = None,
     redact: Callable[[str], str] | None = None,
+    callback_hint: Callable[[str], str | None] | None = None,
 ) -> ServiceError:
     """Map an OSS error response to the right :class:`ServiceError` subclass.
 
@@ -481,7 +503,8 @@ def make_service_error(
     :class:`CallbackError`; a 203 without one (no callback was attached) is a plain
     :class:`ServiceError` that says so, never labelled ``CallbackFailed`` by the SDK.
     A redirect (3xx) says where to: the ``<Endpoint>`` of OSS's ``PermanentRedirect``
-    (the bucket is in another region) or the ``Location`` header.
+    (the bucket is in another region) or the ``Location`` header. ``callback_hint`` turns a
+    :class:`CallbackError`'s message into its hint (``None``: none).
     """
     clean = redact or _same
     raw_fields = parse_error_xml(body)
@@ -507,6 +530,7 @@ def make_service_error(
         return CallbackError(
             status, code, message, request_id,
             result=result, ec=ec, host_id=host_id, details=fields,
+            hint=callback_hint(message) if callback_hint is not None else None,
         )
     if status == 203:
         hint = (

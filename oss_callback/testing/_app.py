@@ -39,7 +39,15 @@ import attrs
 import httpx
 
 from ._auth import CredentialStore, RequestView, authenticate, authenticate_post
-from ._callbacks import CallbackConfig, parse_callback, public_key_pem, render_body, send_callback
+from ._callbacks import (
+    CallbackConfig,
+    callback_client,
+    parse_callback,
+    public_key_pem,
+    render_body,
+    send_callback,
+    system_variables,
+)
 from ._errors import OSSErrorResponse, error_xml, x_oss_err
 from ._faults import Fault, FaultInjector, RequestInfo
 from ._post import MAX_FIELD_BYTES, FormReader, boundary_of, check_policy
@@ -428,13 +436,7 @@ class EmulatorApp:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(
-                trust_env=False,  # never route callbacks through an environment proxy
-                verify=False,  # noqa: S501 - local test callback servers use self-signed certs
-                follow_redirects=False,
-                timeout=None,  # noqa: S113 - the per-attempt deadline wraps each request
-                limits=httpx.Limits(max_keepalive_connections=0),
-            )
+            self._http = callback_client()
         return self._http
 
     async def aclose(self) -> None:
@@ -887,22 +889,18 @@ class EmulatorApp:
             if content_type:
                 headers.append(("Content-Type", content_type))
             return Response(status=200, headers=headers, body=body)
-        system = {
-            "bucket": obj.bucket,
-            "object": obj.key,
-            "etag": obj.etag,
-            "size": str(obj.size),
-            "mimeType": obj.content_type,
-            "crc64": str(obj.crc64),
-            "contentMd5": obj.content_md5 or "",
-            "operation": req.operation,
-            "reqId": req.request_id,
-            "clientIp": req.client_ip,
-            "vpcId": "",
-            "imageInfo.height": "",
-            "imageInfo.width": "",
-            "imageInfo.format": "",
-        }
+        system = system_variables(
+            bucket=obj.bucket,
+            key=obj.key,
+            etag=obj.etag,
+            size=obj.size,
+            mime_type=obj.content_type,
+            crc64=obj.crc64,
+            content_md5=obj.content_md5 or "",
+            operation=req.operation,
+            request_id=req.request_id,
+            client_ip=req.client_ip,
+        )
         callback_body = render_body(config, system)
         outcomes = await send_callback(
             self._client(),

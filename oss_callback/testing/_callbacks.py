@@ -15,6 +15,14 @@ Variable substitution (the choices this emulator makes where OSS's docs are loos
   callback servers decode them into integer fields).
 * Unknown system variables and custom ``${x:name}`` variables missing from
   ``callback-var`` become empty.
+
+SNI (``callbackSNI``): as on OSS, an https callback carries SNI only when the callback says
+``"callbackSNI":true``; otherwise the TLS handshake names no server.  When such a handshake
+fails, the ``CallbackFailed`` message gets a suffix (OSS's text stays first) saying to turn
+SNI on: the emulator's diagnosis, which OSS itself does not give.
+
+``oss-callback callback-test`` sends its callbacks through :func:`send_callback` too, so the
+command and the emulator judge a callback server by the same rules.
 """
 
 from __future__ import annotations
@@ -22,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -38,14 +48,18 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from ._errors import OSSErrorResponse
 
 __all__ = [
+    "CONNECT_FAILED",
+    "FAILURES",
     "CallbackConfig",
     "CallbackOutcome",
+    "callback_client",
     "callback_signing_key",
     "parse_callback",
     "public_key_pem",
     "render_body",
     "send_callback",
     "sign_callback",
+    "system_variables",
 ]
 
 FORM = "application/x-www-form-urlencoded"
@@ -53,6 +67,11 @@ JSON = "application/json"
 MAX_PARAM_BYTES = 5 * 1024
 MAX_URLS = 5
 MAX_RESPONSE_BYTES = 1024 * 1024
+#: OSS's ``CallbackFailed`` message when the callback URL can't be reached.
+CONNECT_FAILED = "Error status : -1. OSS can not connect to your callbackUrl, please check it."
+#: Passed as the TLS server name when callbackSNI is false: an IP literal never goes out as
+#: SNI, and the callback client checks no certificate, so the name is used for nothing else.
+_NO_SNI = "0.0.0.0"  # noqa: S104 - a TLS server name, not an address to bind
 
 _VARIABLE = re.compile(r"\$\{([^{}]*)\}")
 _VARIABLE_NAME = re.compile(r"x:[a-z0-9_\-.]+|[A-Za-z][A-Za-z0-9_.]*")
@@ -73,13 +92,56 @@ def callback_signing_key() -> rsa.RSAPrivateKey:
         return _key
 
 
-def public_key_pem() -> bytes:
-    """The PEM (SubjectPublicKeyInfo) of :func:`callback_signing_key`."""
+def public_key_pem(key: rsa.RSAPrivateKey | None = None) -> bytes:
+    """The PEM (SubjectPublicKeyInfo) of ``key`` (default :func:`callback_signing_key`)."""
     return (
-        callback_signing_key()
+        (key or callback_signing_key())
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def callback_client() -> httpx.AsyncClient:
+    """The HTTP client callbacks are POSTed with (use it on an asyncio loop; close it)."""
+    return httpx.AsyncClient(
+        trust_env=False,  # never route callbacks through an environment proxy
+        verify=False,  # noqa: S501 - local test callback servers use self-signed certs
+        follow_redirects=False,  # OSS doesn't follow them either
+        timeout=None,  # noqa: S113 - the per-attempt deadline wraps each request
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
+
+
+def system_variables(
+    *,
+    bucket: str,
+    key: str,
+    etag: str,
+    size: int,
+    mime_type: str,
+    crc64: int,
+    content_md5: str = "",
+    operation: str = "PutObject",
+    request_id: str = "",
+    client_ip: str = "",
+) -> dict[str, str]:
+    """The system variables (``${bucket}``, ``${object}``...) of one upload, as strings."""
+    return {
+        "bucket": bucket,
+        "object": key,
+        "etag": etag,
+        "size": str(size),
+        "mimeType": mime_type,
+        "crc64": str(crc64),
+        "contentMd5": content_md5,
+        "operation": operation,
+        "reqId": request_id,
+        "clientIp": client_ip,
+        "vpcId": "",
+        "imageInfo.height": "",
+        "imageInfo.width": "",
+        "imageInfo.format": "",
+    }
 
 
 @attrs.frozen(kw_only=True)
@@ -261,12 +323,13 @@ def render_body(config: CallbackConfig, system: Mapping[str, str]) -> bytes:
     return _VARIABLE.sub(substitute, template).encode("utf-8")
 
 
-def sign_callback(url: str, body: bytes) -> str:
-    """The ``authorization`` header: base64 RSA-MD5 over ``unquote(path)[?query]\\n body``."""
+def sign_callback(url: str, body: bytes, key: rsa.RSAPrivateKey | None = None) -> str:
+    """The ``authorization`` header: base64 RSA-MD5 over ``unquote(path)[?query]\\n body``,
+    signed with ``key`` (default :func:`callback_signing_key`)."""
     parts = urlsplit(url)
     path = parts.path or "/"
     message = unquote(path).encode() + (b"?" + parts.query.encode() if parts.query else b"")
-    signature = callback_signing_key().sign(
+    signature = (key or callback_signing_key()).sign(
         message + b"\n" + body,
         padding.PKCS1v15(),
         hashes.MD5(),  # noqa: S303 - OSS's callback signature is MD5withRSA
@@ -274,9 +337,20 @@ def sign_callback(url: str, body: bytes) -> str:
     return base64.b64encode(signature).decode()
 
 
+#: Why a callback attempt failed (:attr:`CallbackOutcome.failure`).
+FAILURES = ("timeout", "connect", "tls", "not_tls", "status", "too_long", "not_json")
+#: TLS errors that mean the server at that port doesn't speak TLS at all (plain HTTP).
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+                      "HTTPS_PROXY_REQUEST", "RECORD_LAYER_FAILURE"})
+
+
 @attrs.frozen(kw_only=True)
 class CallbackOutcome:
-    """One callback attempt's result."""
+    """One callback attempt's result.
+
+    ``failure`` says why it failed, as a word of :data:`FAILURES` (``None``: it succeeded);
+    ``detail`` what went wrong below OSS's message (e.g. the TLS alert), if anything.
+    """
 
     url: str
     headers: Mapping[str, str]
@@ -284,12 +358,50 @@ class CallbackOutcome:
     status: int | None
     response_body: bytes | None
     error: str | None
+    failure: str | None = None
+    detail: str | None = None
+    sni: bool = False
+    elapsed: float = 0.0
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failed connection, if that is what it was."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLError):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def _tls_reason(error: ssl.SSLError) -> str:
+    reason = getattr(error, "reason", None)
+    return str(reason) if reason else (" ".join(str(error).split()) or type(error).__name__)
 
 
 async def _post(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    extensions: dict[str, Any],
 ) -> tuple[int, bytes, bool]:
-    async with client.stream("POST", url, headers=headers, content=body) as response:
+    async with client.stream(
+        "POST", url, headers=headers, content=body, extensions=extensions
+    ) as response:
         chunks = bytearray()
         async for chunk in response.aiter_raw():
             chunks += chunk
@@ -304,24 +416,40 @@ async def send_callback(
     body: bytes,
     pub_key_url: str,
     timeout: float,
+    *,
+    key: rsa.RSAPrivateKey | None = None,
 ) -> list[CallbackOutcome]:
-    """POST to each URL in order until one succeeds; one outcome per attempt."""
+    """POST to each URL in order until one succeeds; one outcome per attempt.
+
+    Each attempt gets ``timeout`` seconds (OSS: 5) for all of it; it succeeds only with a
+    ``200`` whose body is JSON and at most 1 MB.  https URLs carry SNI only when
+    ``config.sni`` (``callbackSNI``) is true.  Signed with ``key`` (default: the emulator's).
+    """
     outcomes: list[CallbackOutcome] = []
     for url in config.urls:
         headers = {
             "Content-Type": config.body_type,
-            "authorization": sign_callback(url, body),
+            "authorization": sign_callback(url, body, key),
             "x-oss-pub-key-url": base64.b64encode(pub_key_url.encode()).decode(),
             "User-Agent": "aliyun-oss-callback (oss_callback emulator)",
         }
         if config.host:
             headers["Host"] = config.host
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        hostname = parts.hostname or ""
+        sends_sni = https and config.sni and not _is_ip_literal(hostname)
+        extensions: dict[str, Any] = {}
+        if https and not config.sni:
+            extensions["sni_hostname"] = _NO_SNI
         started = time.monotonic()
         status: int | None = None
         response_body: bytes | None = None
+        failure: str | None = None
+        detail: str | None = None
         try:
             status, response_body, too_long = await asyncio.wait_for(
-                _post(client, url, headers, body), timeout
+                _post(client, url, headers, body, extensions), timeout
             )
         except asyncio.TimeoutError:
             cost = int((time.monotonic() - started) * 1000)
@@ -329,19 +457,41 @@ async def send_callback(
                 f"Error status : -1 8.The reply timeout, cost: {cost} MS, "
                 f"timeout: {int(timeout * 1000)} MS (ErrorCode: 00007)"
             )
-        except (httpx.HTTPError, OSError):
-            error = "Error status : -1. OSS can not connect to your callbackUrl, please check it."
+            failure = "timeout"
+        except (httpx.HTTPError, OSError) as exc:
+            error = CONNECT_FAILED
+            tls = _tls_error(exc) if https else None
+            if tls is not None and _tls_reason(tls) in _NOT_TLS:
+                failure = "not_tls"
+                detail = (f"the server at {hostname}:{parts.port or 443} doesn't speak TLS "
+                          f"({_tls_reason(tls)})")
+            elif tls is not None:
+                failure = "tls"
+                detail = f"the TLS handshake with {hostname} failed ({_tls_reason(tls)})"
+                if not config.sni and not _is_ip_literal(hostname):
+                    detail += " and no SNI was sent (callbackSNI is false)"
+                    error += (
+                        " - the TLS handshake failed without SNI (callbackSNI is false): "
+                        "use Callback(sni=True), or leave sni at its default (on for https "
+                        "URLs)"
+                    )
+            else:
+                failure = "connect"
+                detail = " ".join(str(exc).split()) or type(exc).__name__
         else:
             error = None
             if too_long:
                 error = f"Error Status : {status}.User server return too long content-length value"
+                failure = "too_long"
             elif status != 200:
                 error = f"Error status : {status}."
+                failure = "status"
             else:
                 try:
                     json.loads((response_body or b"").decode("utf-8"))
                 except (UnicodeDecodeError, ValueError):
                     error = "Response body is not valid json format."
+                    failure = "not_json"
         outcomes.append(
             CallbackOutcome(
                 url=url,
@@ -350,6 +500,10 @@ async def send_callback(
                 status=status,
                 response_body=response_body,
                 error=error,
+                failure=failure,
+                detail=detail,
+                sni=sends_sni,
+                elapsed=time.monotonic() - started,
             )
         )
         if error is None:
