@@ -1,4 +1,6 @@
-"""The ``oss-callback`` command line: ``demo``, ``upload``, ``abort-uploads`` and ``emulator``.
+"""The ``oss-callback`` command line: ``demo``, ``upload``, ``abort-uploads``, ``emulator``,
+``callback-server`` (the reference callback server) and ``callback-test`` (fire a signed
+callback at a server and get OSS's verdict).
 
 Exit codes: 0 success; 1 the upload (or an abort) failed; 2 bad usage or input; 3 the object
 was stored but its callback failed (HTTP 203), or whether it succeeded is unknown (a rerun
@@ -166,6 +168,32 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="only uploads initiated at least this long ago, e.g. 7d, 12h, 1d12h")
     ab.add_argument("--dry-run", action="store_true", help="list what would be aborted")
     ab.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    cs = sub.add_parser(
+        "callback-server",
+        help="run the reference callback server: verify, confirm, print and store callbacks",
+        description="Receive OSS upload callbacks: check each one's signature, confirm it "
+        "against --bucket when OSS credentials are in the environment (OSS_ACCESS_KEY_ID, "
+        "OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN), print one line per callback, store it in "
+        "SQLite (--db) and answer OSS with JSON; anything else gets 400.",
+    )
+    cs.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    cs.add_argument("--port", type=int, default=8080, help="port; 0 picks one (default 8080)")
+    cs.add_argument("--path", default="/oss-callback", help="default /oss-callback")
+    keys = cs.add_mutually_exclusive_group()
+    keys.add_argument("--public-key", metavar="PEM_FILE",
+                      help="pin the callback public key (nothing is fetched)")
+    keys.add_argument("--trust-emulator", metavar="URL",
+                      help="trust the key of the emulator at URL, e.g. http://127.0.0.1:9000 "
+                      "(default: OSS's key host, gosspublic.alicdn.com)")
+    cs.add_argument("--db", metavar="FILE", help="store each callback in this SQLite file")
+    cs.add_argument("--bucket", default=None, metavar="NAME",
+                    help="confirm each callback against this bucket (default: $OSS_BUCKET)")
+    _connection_args(cs)
+
+    from ._callback_test import add_parser as add_callback_test_parser
+
+    add_callback_test_parser(sub)
 
     sub.add_parser(
         "emulator",
@@ -451,6 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo()
         if args.command == "abort-uploads":
             return anyio.run(_abort_uploads, args, backend_options=loop_options())
+        if args.command == "callback-server":
+            return _callback_server(args)
+        if args.command == "callback-test":
+            from ._callback_test import run_callback_test
+
+            return run_callback_test(args)
         if not os.path.isfile(args.path):
             what = "is a directory" if os.path.isdir(args.path) else "does not exist"
             raise UsageError(f"{args.path} {what}: give the path of a file to upload")
@@ -469,6 +503,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"oss-callback: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _callback_server(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(
+            f"callback-server needs FastAPI and uvicorn ({e.name} is missing): "
+            "pip install 'oss-callback[fastapi,emulator]'"
+        ) from None
+    from ._callback_server import serve
+
+    return serve(args)
 
 
 def _one_line(error: BaseException) -> str:

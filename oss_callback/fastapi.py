@@ -24,7 +24,9 @@ stored in that bucket (:meth:`~oss_callback.server.VerifiedCallback.confirm`: a 
 alone doesn't prove it, since OSS signs every customer's callbacks with one key). A forged,
 tampered, unverifiable or unconfirmed callback is answered ``400`` with the JSON body
 ``{"detail": "invalid OSS callback"}`` before the route's code runs; the reason is logged
-(logger ``oss_callback.server``), not sent back.
+(logger ``oss_callback.server``), not sent back. The ``HTTPException`` is raised from the
+:class:`~oss_callback.server.CallbackSignatureError`: an exception handler for
+``HTTPException`` finds it (and its ``reason``) as ``exc.__cause__``.
 
 Note:
     FastAPI resolves ``Annotated[..., Depends(verified_callback)]`` by name. In a module

@@ -1,16 +1,13 @@
-"""oss_callback.fastapi under a real uvicorn server on 127.0.0.1 (plus the example app).
+"""oss_callback.fastapi under a real uvicorn server on 127.0.0.1.
 
 Callbacks are signed here with a generated RSA key (MD5withRSA, as OSS does) and the
 verifier pins its public key; forged ones come from a plain httpx client.
 """
 
 import base64
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any
 
 import httpx
@@ -23,7 +20,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import oss_callback.fastapi as oss_fastapi
-from oss_callback import Bucket
 from oss_callback.fastapi import INVALID_CALLBACK_DETAIL, callback_dependency
 from oss_callback.server import (
     CallbackSignatureError,
@@ -31,10 +27,7 @@ from oss_callback.server import (
     VerifiedCallback,
     verify_starlette_request,
 )
-from oss_callback.testing import OSSEmulator, ServeASGI
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_sqlite.py"
-
+from oss_callback.testing import ServeASGI
 
 # --------------------------------------------------------------------------- helpers
 
@@ -277,112 +270,6 @@ async def test_starlette_helper_under_uvicorn(
     assert bad.status_code == 400
     assert bad.json() == {"error": "bad_signature"}
     assert len(seen) == 1
-
-
-# --------------------------------------------------------------------------- the example app
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fastapi_sqlite_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
-@pytest.fixture
-def photos(oss_emulator: OSSEmulator) -> Iterator[Bucket]:
-    """The app's bucket ``photos`` in the emulator, holding ``cats/tom.jpg`` (2048 bytes)."""
-    oss_emulator.create_bucket("photos")
-    with Bucket("photos", oss_emulator.endpoint, oss_emulator.access_key_id,
-                oss_emulator.access_key_secret, region=oss_emulator.region) as bucket:
-        bucket.put_object("cats/tom.jpg", b"m" * 2048)
-        yield bucket
-
-
-async def test_example_app_records_confirmed_uploads_in_sqlite(
-    tmp_path: Path, public_pem: bytes, private_key: rsa.RSAPrivateKey, photos: Bucket
-) -> None:
-    example = load_example()
-    db = tmp_path / "uploads.db"
-    etag = photos.head_object("cats/tom.jpg").etag
-    app = example.create_app(db, photos, CallbackVerifier(public_key=public_pem))
-    body = (f"bucket=photos&object=cats%2Ftom.jpg&size=2048&etag={etag}"
-            "&mimeType=image%2Fjpeg&x%3Auid=42").encode()
-    headers = callback_headers(private_key, b"/oss-callback", body)
-
-    def signed(text: bytes) -> dict[str, Any]:
-        return {"content": text, "headers": callback_headers(private_key, b"/oss-callback", text)}
-
-    with ServeASGI(app) as srv:
-        async with httpx.AsyncClient(base_url=srv.url) as client:
-            first = await client.post("/oss-callback", content=body, headers=headers)
-            replay = await client.post("/oss-callback", content=body, headers=headers)
-            forged = await client.post("/oss-callback", content=body.replace(b"2048", b"1"),
-                                       headers=headers)
-            # Correctly signed, but not about an object stored in the app's bucket:
-            lies = [await client.post("/oss-callback", **signed(text)) for text in (
-                body.replace(b"size=2048", b"size=1048576"),       # another size
-                body.replace(etag.encode(), b"0" * 32),             # another etag
-                body.replace(b"bucket=photos", b"bucket=victims"),  # another bucket
-                body.replace(b"tom.jpg", b"paid.mp4"),              # no such object
-                body.replace(f"&etag={etag}".encode(), b""),         # no etag (required)
-            )]
-            listing = await client.get("/uploads")
-    assert first.status_code == 200, first.text
-    assert first.json() == {"Status": "OK", "id": 1, "object": "cats/tom.jpg", "size": 2048}
-    assert replay.json() == first.json()  # idempotent: the same row
-    assert forged.status_code == 400
-    assert [r.status_code for r in lies] == [400] * 5
-    assert {r.json()["detail"] for r in lies} == {INVALID_CALLBACK_DETAIL}
-    rows = listing.json()
-    assert len(rows) == 1
-    row = rows[0]
-    assert (row["bucket"], row["object"], row["size"], row["etag"], row["mime_type"]) == (
-        "photos", "cats/tom.jpg", 2048, etag, "image/jpeg"
-    )
-    assert row["variables"] == {"x:uid": "42"}
-    assert example.list_uploads(db) == rows
-
-
-def test_example_app_from_env_needs_a_bucket(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, oss_emulator: OSSEmulator
-) -> None:
-    example = load_example()
-    monkeypatch.delenv("OSS_BUCKET", raising=False)
-    with pytest.raises(RuntimeError, match="OSS_BUCKET"):
-        example.app_from_env()
-    for name, value in {"OSS_BUCKET": "photos", "OSS_ENDPOINT": oss_emulator.endpoint,
-                        "OSS_REGION": oss_emulator.region,
-                        "OSS_ACCESS_KEY_ID": oss_emulator.access_key_id,
-                        "OSS_ACCESS_KEY_SECRET": oss_emulator.access_key_secret,
-                        "OSS_CALLBACK_DB": str(tmp_path / "u.db")}.items():
-        monkeypatch.setenv(name, value)
-    app = example.app_from_env()
-    try:
-        assert app.state.bucket.name == "photos"
-        assert isinstance(app.state.bucket, Bucket)
-    finally:
-        app.state.bucket.close()
-
-
-def test_example_verifier_from_env(
-    tmp_path: Path, public_pem: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    example = load_example()
-    key_file = tmp_path / "key.pem"
-    key_file.write_bytes(public_pem)
-    monkeypatch.setenv("OSS_CALLBACK_PUBLIC_KEY", str(key_file))
-    assert example.verifier_from_env().public_key is not None
-    monkeypatch.delenv("OSS_CALLBACK_PUBLIC_KEY")
-    monkeypatch.setenv("OSS_CALLBACK_KEY_HOSTS", "127.0.0.1:9000, https://keys.example.com/")
-    verifier = example.verifier_from_env()
-    assert verifier.public_key is None
-    assert verifier.allowed_key_hosts == ("127.0.0.1:9000", "https://keys.example.com/")
 
 
 def test_missing_fastapi_gives_an_import_error_naming_the_extra() -> None:

@@ -2,9 +2,9 @@
 
 The only edits made to each example: the cloud endpoint becomes the emulator's (and the
 credentials come from the environment, as the examples expect), the callback URL becomes a
-local receiver's, the proxy and CA of the HTTP example become a local proxy's and the
-emulator's, and the FastAPI example's verifier is told to trust the emulator's key host
-(instead of gosspublic.alicdn.com).
+local receiver's, and the proxy and CA of the HTTP example become a local proxy's and the
+emulator's. The receiving example (the reference callback server's code) is checked and run
+in tests/test_callback_server.py.
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
-import pytest
 from helpers import form_fields
-
-from oss_callback import AsyncClient, Callback
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CLOUD_ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
@@ -48,7 +44,9 @@ def run_script(code: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(python_blocks()) == 9  # + Credentials (tests/test_credentials_readme.py)
+    # + Credentials (tests/test_credentials_readme.py), Receiving callbacks (two blocks,
+    # tests/test_callback_server.py)
+    assert len(python_blocks()) == 10
     text = README.read_text()
     assert "oss-callback demo" in text and "bash .ci/run" in text
 
@@ -74,47 +72,6 @@ def test_script_example(oss_emulator: Any, tmp_path: Path) -> None:
     out = run_script(code, tmp_path, emu_env(oss_emulator))
     assert out.startswith("b'hello' ")
     assert oss_emulator.get_object("examplebucket", "hello.txt") == b"hello"
-
-
-def test_fastapi_example(oss_emulator: Any, tmp_path: Path,
-                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from oss_callback.testing import ServeASGI
-
-    host = oss_emulator.endpoint.split("://", 1)[1]
-    code = block("callback_dependency").replace(
-        "CallbackVerifier()", f"CallbackVerifier(allowed_key_hosts=({host!r},))").replace(
-        CLOUD_ENDPOINT, oss_emulator.endpoint)
-    for name, value in emu_env(oss_emulator).items():  # the bucket's credentials and region
-        if name.startswith("OSS_"):
-            monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # the example writes uploads.db in the working directory
-    namespace: dict[str, Any] = {"__name__": "readme_fastapi_example"}
-    exec(compile(code, "README.md", "exec"), namespace)
-    oss_emulator.create_bucket("examplebucket")
-
-    async def upload(url: str, forged: bool) -> Any:
-        async with AsyncClient(oss_emulator.endpoint, oss_emulator.access_key_id,
-                               oss_emulator.access_key_secret, region=oss_emulator.region) as c:
-            if forged:
-                import httpx
-
-                async with httpx.AsyncClient() as plain:
-                    return await plain.post(url + "/oss-callback", content=b"object=x")
-            return await c.get_bucket("examplebucket").put_object(
-                "from-readme", b"xyz", callback=Callback(
-                    url + "/oss-callback", body="object=${object}&size=${size}&etag=${etag}"))
-
-    try:
-        with ServeASGI(namespace["app"]) as server:
-            result = anyio.run(upload, server.url, False)
-            forged = anyio.run(upload, server.url, True)
-    finally:
-        namespace["bucket"].close()  # the example's sync Bucket (used to confirm callbacks)
-    assert result.callback_json() == {"Status": "OK", "object": "from-readme"}
-    assert forged.status_code == 400
-    rows = namespace["db"].execute("SELECT object, size, etag FROM uploads").fetchall()
-    assert rows == [("from-readme", 3, result.etag)]
-    namespace["db"].close()
 
 
 def test_emulator_fixture_example(tmp_path: Path) -> None:

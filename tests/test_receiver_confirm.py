@@ -393,21 +393,22 @@ def test_json_body_replayed_as_a_form_is_refused(world: World) -> None:
 def test_readme_example_confirms_and_refuses_the_replay(
     world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    """The README's "Receiving callbacks" example, with test_readme.py's edits (emulator
-    endpoint, credentials from the environment, the emulator's key host), refuses the
-    attacker's replay and records the genuine upload with the stored size and etag."""
+    """The README's "Receiving callbacks" code (the reference callback server's) and its
+    wiring, pointed at the emulator (its URL, credentials from the environment), refuses
+    the attacker's replay and records the genuine upload with the stored size and etag."""
     import re
+    import sqlite3
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
-               if "callback_dependency" in b]
-    host = httpx.URL(world.emu.endpoint).netloc.decode()
-    code = (code.replace("CallbackVerifier()", f"CallbackVerifier(allowed_key_hosts=({host!r},))")
-            .replace("https://oss-cn-hangzhou.aliyuncs.com", world.emu.endpoint)
-            .replace('"examplebucket"', repr(VICTIM)))
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (region,) = [b for b in blocks if "def create_app(" in b]
+    (wiring,) = [b for b in blocks if "app = create_app(" in b]
+    code = region + (wiring.replace("http://127.0.0.1:9000", world.emu.endpoint)
+                     .replace('"examplebucket"', repr(VICTIM)))
     for name, value in {"OSS_ACCESS_KEY_ID": world.emu.access_key_id,
                         "OSS_ACCESS_KEY_SECRET": world.emu.access_key_secret,
+                        "OSS_ENDPOINT": world.emu.endpoint,
                         "OSS_REGION": world.emu.region}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
@@ -417,17 +418,20 @@ def test_readme_example_confirms_and_refuses_the_replay(
     try:
         with ServeASGI(namespace["app"]) as srv:
             result = world.upload(VICTIM, "from-readme", b"xyz", Callback(
-                srv.url + "/oss-callback", body="object=${object}&size=${size}&etag=${etag}"))
+                srv.url + "/oss-callback", body=TEMPLATE))
             with httpx.Client(trust_env=False, timeout=30) as http:
                 replayed = http.post(srv.url + forged.path, content=forged.body,
                                      headers=forged.send_headers())
-        rows = namespace["db"].execute("SELECT object, size, etag FROM uploads").fetchall()
     finally:
         namespace["bucket"].close()
-        namespace["db"].close()
-    assert result.callback_json() == {"Status": "OK", "object": "from-readme"}
+    with sqlite3.connect(tmp_path / "uploads.db") as db:
+        rows = db.execute("SELECT bucket, object, size, etag FROM uploads").fetchall()
+    db.close()
+    assert result.callback_json() == {"Status": "OK", "bucket": VICTIM, "object": "from-readme",
+                                      "size": 3, "etag": result.etag}
     assert replayed.status_code == 400
-    assert rows == [("from-readme", 3, result.etag)]
+    assert replayed.json() == {"Status": "Refused", "reason": "not_confirmed"}
+    assert rows == [(VICTIM, "from-readme", 3, result.etag)]
 
 
 # --------------------------------------------------------------------------- the demo's app
