@@ -8,14 +8,14 @@ tuning buys, against the unpatched code in the same interleaved rounds.
   beyond the pool's connections queue inside httpcore's pool instead of on an
   ``anyio.Semaphore`` in front of it.
 * ``pool_64``: the SDK-built client with 64 connections (``max_connections=64``, gate
-  included) instead of the default 8 (:data:`oss_callback._engine.DEFAULT_MAX_CONNECTIONS`).
+  included) instead of the default 8 (:data:`oss_callback.client._engine.DEFAULT_MAX_CONNECTIONS`).
 * ``keep_cookies``: httpx's default cookie jar instead of the SDK's no-cookies jar (httpx
   then parses every response for ``Set-Cookie`` and adds a ``Cookie`` header if any).
 * ``file_chunk_1m``: files read (and CRC-64'd) in 1 MiB chunks instead of 2 MiB
-  (:data:`oss_callback._body.FILE_CHUNK`, and the bodies' ``chunk_size`` defaults, which
+  (:data:`oss_callback.client._body.FILE_CHUNK`, and the bodies' ``chunk_size`` defaults, which
   were bound when the module was imported).
 * ``checkpoint_every_part``: write the checkpoint (two fsyncs) after every part, as before
-  :data:`oss_callback._resumable.CHECKPOINT_INTERVAL` throttled it.
+  :data:`oss_callback.client._resumable.CHECKPOINT_INTERVAL` throttled it.
 
 (uvloop is not a patch: the worker's ``"loop": "uvloop"`` runs the async case on it.)
 """
@@ -31,7 +31,7 @@ __all__ = ["PATCHES", "apply"]
 
 def _after_client_init(change: Callable[[Any, dict[str, Any]], None]) -> None:
     """Run ``change(client, kwargs)`` after every ``AsyncClient.__init__``."""
-    from oss_callback import _client
+    from oss_callback.client import _client
 
     original = _client.AsyncClient.__init__
 
@@ -50,7 +50,7 @@ def _no_gate() -> None:
 
 
 def _pool_64() -> None:
-    from oss_callback import _client
+    from oss_callback.client import _client
 
     original = _client.AsyncClient.__init__
 
@@ -83,7 +83,7 @@ def _set_default(func: Callable[..., Any], name: str, value: Any) -> None:
 
 def _file_chunk(chunk: int) -> Callable[[], None]:
     def patch() -> None:
-        from oss_callback import _body
+        from oss_callback.client import _body
 
         _body.FILE_CHUNK = chunk
         _set_default(_body.FileRangeBody.__init__, "chunk_size", chunk)
@@ -93,7 +93,7 @@ def _file_chunk(chunk: int) -> Callable[[], None]:
 
 
 def _checkpoint_every_part() -> None:
-    from oss_callback import _resumable
+    from oss_callback.client import _resumable
 
     _resumable.CHECKPOINT_INTERVAL = 0.0
 

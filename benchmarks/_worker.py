@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec: Spec = json.loads(args[0])
     if spec.get("keep_heap"):
-        from oss_callback._heap import keep_heap
+        from oss_callback.client._heap import keep_heap
 
         if not keep_heap():
             raise SystemExit("keep_heap() could not tune this process's malloc")

@@ -46,8 +46,8 @@ from urllib.parse import quote
 
 import httpx
 
-from oss_callback._credentials import Credentials
-from oss_callback._signing import sign_v4
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._signing import sign_v4
 from oss_callback.testing import OSSEmulator
 
 BUCKET = "bench-bucket"

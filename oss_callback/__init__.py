@@ -5,10 +5,19 @@ Upload with :class:`AsyncBucket` (or the synchronous :class:`Bucket`), attach a
 callback failed (HTTP 203).
 """
 
-from ._callback import Callback
-from ._client import AsyncBucket, AsyncClient
-from ._credentials import Credentials, CredentialsError, CredentialsProvider
-from ._errors import (
+from oss_callback._version import __version__
+from oss_callback.client._client import AsyncBucket, AsyncClient
+from oss_callback.client._post_policy import PostPolicy
+from oss_callback.client._providers import (
+    AlibabaCloudCredentialsProvider,
+    EnvironmentCredentialsProvider,
+    StaticCredentialsProvider,
+)
+from oss_callback.client._retry import RetryPolicy
+from oss_callback.client._sync import Bucket, Client
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._credentials import Credentials, CredentialsError, CredentialsProvider
+from oss_callback.protocol._errors import (
     CallbackError,
     CallbackUnknownError,
     CheckpointError,
@@ -21,7 +30,7 @@ from ._errors import (
     ResponseError,
     ServiceError,
 )
-from ._models import (
+from oss_callback.protocol._models import (
     AppendObjectResult,
     CommonPrefix,
     CopyObjectResult,
@@ -36,15 +45,6 @@ from ._models import (
     PutObjectResult,
     UploadPartResult,
 )
-from ._post_policy import PostPolicy
-from ._providers import (
-    AlibabaCloudCredentialsProvider,
-    EnvironmentCredentialsProvider,
-    StaticCredentialsProvider,
-)
-from ._retry import RetryPolicy
-from ._sync import Bucket, Client
-from ._version import __version__
 
 __all__ = [
     "AlibabaCloudCredentialsProvider",

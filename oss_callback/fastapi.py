@@ -50,9 +50,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "oss_callback.fastapi needs FastAPI; install it with: pip install 'oss-callback[fastapi]'"
     ) from exc
 
-from ._client import AsyncBucket
-from ._sync import Bucket
-from ._verify import (
+from oss_callback.client._client import AsyncBucket
+from oss_callback.client._sync import Bucket
+from oss_callback.server._verify import (
     CallbackSignatureError,
     CallbackVerifier,
     VerifiedCallback,

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import httpx
 
-from oss_callback._credentials import Credentials
-from oss_callback._endpoint import encode_key, render_query
-from oss_callback._signing import sign_v1, sign_v4
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._endpoint import encode_key, render_query
+from oss_callback.protocol._signing import sign_v1, sign_v4
 from oss_callback.testing import OSSEmulator
 
 

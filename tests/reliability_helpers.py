@@ -28,7 +28,7 @@ import attrs
 from facades import Api
 
 from oss_callback import AsyncClient, Client, RetryPolicy
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import OSSEmulator, RequestRecord
 
 KiB = 1024

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import pytest
 
-from oss_callback._callback import Callback
+from oss_callback.protocol._callback import Callback
 
 # [RB] spec/aliyun/oss/object_spec.rb "should encode callback" (PROTOCOL.md §4.4).
 RB_ENCODED = (

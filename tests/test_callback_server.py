@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import pytest
 
-import oss_callback._callback_server as callback_server
+import oss_callback.cli._callback_server as callback_server
 from oss_callback import Bucket, Callback, CallbackError
-from oss_callback._cli import main
+from oss_callback.cli._main import main
 from oss_callback.server import CallbackVerifier
 from oss_callback.testing import OSSEmulator, ServeASGI
 from oss_callback.testing._callbacks import sign_callback
@@ -412,7 +412,7 @@ def test_help_lists_the_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_missing_fastapi_exits_2_naming_the_extras() -> None:
     code = ("import sys; sys.modules['fastapi'] = None\n"
-            "from oss_callback._cli import main\n"
+            "from oss_callback.cli._main import main\n"
             "sys.exit(main(['callback-server']))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)

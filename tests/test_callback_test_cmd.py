@@ -24,7 +24,7 @@ import pytest
 from tls_helpers import SniServer
 
 from oss_callback import Bucket
-from oss_callback._cli import main
+from oss_callback.cli._main import main
 from oss_callback.server import CallbackSignatureError, CallbackVerifier
 from oss_callback.testing import CallbackReceiver, OSSEmulator, ServeASGI
 
@@ -286,7 +286,7 @@ def test_key_port_in_use_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_without_cryptography_exits_2_naming_the_extra() -> None:
     script = (
         "import sys; sys.modules['cryptography'] = None\n"
-        "from oss_callback._cli import main\n"
+        "from oss_callback.cli._main import main\n"
         "sys.exit(main(['callback-test', 'http://127.0.0.1:9/cb']))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -336,7 +336,7 @@ def test_against_the_reference_callback_server(
     its bucket refuses the made-up object, which callback-test reports as OSS would."""
     import argparse
 
-    import oss_callback._callback_server as callback_server
+    import oss_callback.cli._callback_server as callback_server
 
     key_port = _free_port()
     verifier, _ = callback_server.make_verifier(argparse.Namespace(

@@ -28,7 +28,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 
 ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
 B1 = "https://b-1.oss-cn-hangzhou.aliyuncs.com"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oss_callback._crc64 import CRC64, crc64, crc64_combine, crc64_combine_many
+from oss_callback.protocol._crc64 import CRC64, crc64, crc64_combine, crc64_combine_many
 
 # PROTOCOL.md §4.3: CRC-64/XZ in crcmod terms.
 _CRCMOD = crcmod.Crc(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=0xFFFFFFFFFFFFFFFF)

@@ -1,7 +1,7 @@
 """Credentials that rotate (issue #15), unit level: ``Credentials``, the constructors'
 ``credentials_provider=``, when the provider is asked (margins, single flight, failures, the
 403 retry), redaction after rotation, the synchronous signing helpers, and the providers
-shipped in ``oss_callback._providers``.
+shipped in ``oss_callback.client._providers``.
 
 Requests go to an ``httpx.MockTransport`` whose handler plays OSS's part: it accepts or
 refuses the signing key, which needs state a respx route would hide. Everything against a
@@ -36,7 +36,7 @@ from oss_callback import (
     ServiceError,
     StaticCredentialsProvider,
 )
-from oss_callback._http import REFRESH_MARGIN
+from oss_callback.client._http import REFRESH_MARGIN
 
 ENDPOINT = "http://127.0.0.1:9"  # never reached: the transport answers
 REGION = "cn-hangzhou"

@@ -28,9 +28,9 @@ import pytest
 from helpers import HTTPX_STOPPED_READ
 
 from oss_callback import AsyncClient, Client, RequestError, RetryPolicy, ServiceError
-from oss_callback._crc64 import crc64
-from oss_callback._credentials import Credentials
-from oss_callback._signing import sign_v4
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._signing import sign_v4
 from oss_callback.testing import OSSEmulator
 from oss_callback.testing._cli import build_parser
 

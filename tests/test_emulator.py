@@ -18,8 +18,8 @@ import httpx
 import pytest
 from emulator_helpers import error_code, error_field, oss_request
 
-from oss_callback._crc64 import crc64, crc64_combine
-from oss_callback._signing import v1_string_to_sign
+from oss_callback.protocol._crc64 import crc64, crc64_combine
+from oss_callback.protocol._signing import v1_string_to_sign
 from oss_callback.testing import (
     CallbackReceiver,
     Fault,
@@ -504,8 +504,8 @@ def test_v4_bad_signature_reports_canonical_request(
 
 
 def test_v4_accepts_comma_space_separators(oss_emulator: OSSEmulator, oss_bucket: str) -> None:
-    from oss_callback._credentials import Credentials
-    from oss_callback._signing import sign_v4
+    from oss_callback.protocol._credentials import Credentials
+    from oss_callback.protocol._signing import sign_v4
 
     headers: dict[str, str] = {"Content-Type": "text/plain", "Abc": "v"}
     creds = Credentials(
@@ -833,8 +833,8 @@ def test_fault_drop_mid_body(oss_emulator: OSSEmulator, oss_bucket: str) -> None
 
 
 def _signed_get_headers(emu: OSSEmulator, bucket: str, key: str) -> dict[str, str]:
-    from oss_callback._credentials import Credentials
-    from oss_callback._signing import sign_v4
+    from oss_callback.protocol._credentials import Credentials
+    from oss_callback.protocol._signing import sign_v4
 
     headers: dict[str, str] = {}
     creds = Credentials(access_key_id=emu.access_key_id, access_key_secret=emu.access_key_secret)

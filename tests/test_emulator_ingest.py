@@ -15,7 +15,7 @@ import httpx
 import pytest
 from emulator_helpers import error_code, oss_request
 
-from oss_callback._crc64 import crc64, crc64_combine
+from oss_callback.protocol._crc64 import crc64, crc64_combine
 from oss_callback.testing import OSSEmulator
 from oss_callback.testing._cli import build_parser
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from emulator_helpers import error_code, error_field
 
-from oss_callback._crc64 import crc64
-from oss_callback._signing import v4_signature
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._signing import v4_signature
 from oss_callback.server import CallbackVerifier
 from oss_callback.testing import CallbackReceiver, OSSEmulator
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from emulator_helpers import oss_request
 
-from oss_callback._crc64 import crc64
-from oss_callback._credentials import Credentials
-from oss_callback._signing import sign_v4
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._signing import sign_v4
 from oss_callback.testing import OSSEmulator, _store
 from oss_callback.testing._cli import keep_heap
 from oss_callback.testing._store import Store

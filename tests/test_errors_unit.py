@@ -11,9 +11,9 @@ import pytest
 import respx
 
 from oss_callback import AsyncClient, Callback, RetryPolicy
-from oss_callback._credentials import Credentials
-from oss_callback._endpoint import Endpoint, encode_key, validate_bucket_name, validate_key
-from oss_callback._errors import (
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._endpoint import Endpoint, encode_key, validate_bucket_name, validate_key
+from oss_callback.protocol._errors import (
     CallbackError,
     CheckpointError,
     ClientError,
@@ -28,7 +28,7 @@ from oss_callback._errors import (
     make_service_error,
     parse_error_xml,
 )
-from oss_callback._models import PutObjectResult
+from oss_callback.protocol._models import PutObjectResult
 
 # PROTOCOL.md §5, from [V2] tests/unit/test_client.py::response_403_InvalidAccessKeyId.
 INVALID_AK_XML = b"""<?xml version="1.0" encoding="UTF-8"?>

@@ -34,7 +34,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import OSSEmulator
 
 MiB = 1024 * 1024

@@ -39,12 +39,12 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._client import DEFAULT_GET_MAX_SIZE
-from oss_callback._crc64 import crc64
-from oss_callback._credentials import Credentials
-from oss_callback._endpoint import Endpoint, validate_bucket_name, validate_region
-from oss_callback._errors import ObjectTooLargeError
-from oss_callback._signing import sign_v1
+from oss_callback.client._client import DEFAULT_GET_MAX_SIZE
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._endpoint import Endpoint, validate_bucket_name, validate_region
+from oss_callback.protocol._errors import ObjectTooLargeError
+from oss_callback.protocol._signing import sign_v1
 from oss_callback.testing import OSSEmulator
 
 MiB = 1024 * 1024

@@ -14,7 +14,7 @@ import oss2
 import pytest
 
 from oss_callback import Bucket, Client, CommonPrefix, RetryPolicy
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import OSSEmulator
 
 pytestmark = pytest.mark.oracle

@@ -13,7 +13,7 @@ import httpx
 import oss2
 import pytest
 
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import CallbackReceiver, OSSEmulator
 
 pytestmark = pytest.mark.oracle

@@ -13,7 +13,7 @@ import alibabacloud_oss_v2 as oss
 import httpx
 import pytest
 
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import CallbackReceiver, OSSEmulator
 
 pytestmark = pytest.mark.oracle

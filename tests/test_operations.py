@@ -38,7 +38,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import OSSEmulator
 
 KiB = 1024

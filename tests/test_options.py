@@ -21,7 +21,7 @@ import pytest
 from facades import Api
 from reliability_helpers import PART, open_api, records, write_file
 
-from oss_callback._options import (
+from oss_callback.protocol._options import (
     ACLS,
     STORAGE_CLASSES,
     encode_tagging,

@@ -48,11 +48,11 @@ from emulator_helpers import error_code, error_field
 from helpers import form_fields
 
 from oss_callback import AsyncClient, Callback
-from oss_callback._credentials import Credentials
-from oss_callback._endpoint import Endpoint
-from oss_callback._http import Session
-from oss_callback._presign import MAX_V4_EXPIRES, presign_url
-from oss_callback._sync import Bucket, Client
+from oss_callback.client._http import Session
+from oss_callback.client._sync import Bucket, Client
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._endpoint import Endpoint
+from oss_callback.protocol._presign import MAX_V4_EXPIRES, presign_url
 from oss_callback.server import CallbackVerifier
 
 CLOUD = "https://oss-cn-hangzhou.aliyuncs.com"

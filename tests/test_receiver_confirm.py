@@ -440,7 +440,7 @@ def test_readme_example_confirms_and_refuses_the_replay(
 def test_demo_app_confirms_when_given_the_bucket(world: World, victim_bucket: Bucket) -> None:
     import sqlite3
 
-    from oss_callback._demo_app import make_callback_app
+    from oss_callback.cli._demo_app import make_callback_app
 
     db = sqlite3.connect(":memory:", check_same_thread=False)
     db.execute("CREATE TABLE uploads (id INTEGER PRIMARY KEY, bucket TEXT, object TEXT,"

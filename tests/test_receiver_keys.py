@@ -27,7 +27,6 @@ import respx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from oss_callback._verify import _HOST_ENTRY, _OSS_KEY_URL, _FailureCache, _KeyCache
 from oss_callback.server import (
     CallbackBodyError,
     CallbackSignatureError,
@@ -35,6 +34,7 @@ from oss_callback.server import (
     PublicKeyFetchError,
     VerifiedCallback,
 )
+from oss_callback.server._verify import _HOST_ENTRY, _OSS_KEY_URL, _FailureCache, _KeyCache
 
 OSS_KEY = "https://gosspublic.alicdn.com/callback_pub_key_v1.pem"
 FORM = "application/x-www-form-urlencoded"

@@ -28,7 +28,7 @@ import pytest
 from reliability_helpers import every_text_of
 
 from oss_callback import AsyncClient, OSSError, RequestError, RetryPolicy, ServiceError
-from oss_callback._errors import FRAGMENT, Redactor, make_service_error
+from oss_callback.protocol._errors import FRAGMENT, Redactor, make_service_error
 
 SECRET = "hostile-test-secret-" + secrets.token_hex(12)
 #: An STS token as Alibaba Cloud issues them: long standard base64 (with + / =).

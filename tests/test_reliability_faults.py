@@ -46,7 +46,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import CallbackReceiver, OSSEmulator
 
 pytestmark = pytest.mark.usefixtures("oss_emulator")

@@ -50,9 +50,9 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._body import FILE_CHUNK
-from oss_callback._checkpoint import VERSION as CHECKPOINT_VERSION
-from oss_callback._checkpoint import (
+from oss_callback.client._body import FILE_CHUNK
+from oss_callback.client._checkpoint import VERSION as CHECKPOINT_VERSION
+from oss_callback.client._checkpoint import (
     Checkpoint,
     FileIdentity,
     PartRecord,
@@ -60,9 +60,9 @@ from oss_callback._checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from oss_callback._crc64 import crc64
-from oss_callback._options import upload_headers
-from oss_callback._resumable import _headers_digest
+from oss_callback.client._resumable import _headers_digest
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._options import upload_headers
 from oss_callback.testing import OSSEmulator
 
 BUCKET = "test-bucket"

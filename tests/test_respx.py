@@ -4,7 +4,7 @@ No ``transport=`` and no ``http_client=``: the SDK builds its own ``httpx.AsyncC
 (httpx's transport, httpcore), so ``respx.mock`` (default "httpcore" mocker) sees every
 request of ``AsyncClient`` and of the sync ``Client`` (whose requests run on its own loop
 thread), routed by method and URL as in any httpx program. Every signature is re-derived here
-from the captured request, independently of ``oss_callback._signing``.
+from the captured request, independently of ``oss_callback.protocol._signing``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from oss_callback import (
     InconsistentError,
     RetryPolicy,
 )
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 
 ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
 REGION = "cn-hangzhou"

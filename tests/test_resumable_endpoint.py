@@ -24,10 +24,10 @@ from emulator_helpers import error_code, error_field
 from reliability_helpers import PART, assert_stored_exactly, open_api, records, write_file
 
 from oss_callback import CheckpointError, ServiceError
-from oss_callback._checkpoint import default_checkpoint_path, legacy_checkpoint_path
-from oss_callback._credentials import Credentials
-from oss_callback._endpoint import encode_key
-from oss_callback._signing import sign_v1, sign_v4
+from oss_callback.client._checkpoint import default_checkpoint_path, legacy_checkpoint_path
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._endpoint import encode_key
+from oss_callback.protocol._signing import sign_v1, sign_v4
 from oss_callback.testing import OSSEmulator
 
 BUCKET = "test-bucket"

@@ -88,7 +88,7 @@ async def test_multipart_with_callback(
 async def test_checkpoint_writes_are_throttled_but_a_failure_flushes_every_part(
     api: Api, oss_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oss_callback import _resumable
+    from oss_callback.client import _resumable
 
     writes: list[int] = []
     real_write = _resumable.write_checkpoint

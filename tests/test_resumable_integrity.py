@@ -44,7 +44,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._checkpoint import (
+from oss_callback.client._checkpoint import (
     FileIdentity,
     _checksum,
     read_checkpoint,

@@ -25,7 +25,7 @@ from oss_callback import (
     OSSError,
     PutObjectResult,
 )
-from oss_callback._checkpoint import (
+from oss_callback.client._checkpoint import (
     FORMAT,
     VERSION,
     Checkpoint,
@@ -36,9 +36,7 @@ from oss_callback._checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from oss_callback._crc64 import crc64
-from oss_callback._models import HeadObjectResult
-from oss_callback._resumable import (
+from oss_callback.client._resumable import (
     DEFAULT_PART_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -51,6 +49,8 @@ from oss_callback._resumable import (
     multipart_etag,
     plan_parts,
 )
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._models import HeadObjectResult
 
 TB = 10**12
 MAX_OBJECT = int(48.8 * TB)

@@ -52,7 +52,7 @@ from oss_callback import (
     RequestError,
     ServiceError,
 )
-from oss_callback._checkpoint import default_checkpoint_path
+from oss_callback.client._checkpoint import default_checkpoint_path
 from oss_callback.server import (
     CallbackBodyError,
     CallbackSignatureError,

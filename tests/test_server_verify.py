@@ -29,7 +29,6 @@ from starlette.datastructures import Headers as StarletteHeaders
 
 import oss_callback
 from oss_callback import server
-from oss_callback._verify import _KeyCache
 from oss_callback.server import (
     CallbackBodyError,
     CallbackSignatureError,
@@ -39,6 +38,7 @@ from oss_callback.server import (
     callback_string_to_sign,
     verify_asgi,
 )
+from oss_callback.server._verify import _KeyCache
 
 # --------------------------------------------------------------------------- §4.4 vector
 

@@ -1,6 +1,6 @@
 """Request signing compared with the official SDKs, offline.
 
-For each generated request we sign with ``oss_callback._signing`` and with
+For each generated request we sign with ``oss_callback.protocol._signing`` and with
 
 * ``oss2`` (``Auth``/``StsAuth``/``ProviderAuth`` for V1, ``AuthV4``/``ProviderAuthV4`` for V4),
 * ``alibabacloud_oss_v2`` (``signer.v1.SignerV1`` / ``signer.v4.SignerV4`` with a
@@ -62,8 +62,8 @@ from alibabacloud_oss_v2.types import Credentials as V2Credentials
 from alibabacloud_oss_v2.types import HttpRequest as V2HttpRequest
 from alibabacloud_oss_v2.types import SigningContext
 
-from oss_callback._credentials import Credentials
-from oss_callback._signing import (
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._signing import (
     V1_SUBRESOURCES,
     sign_v1,
     sign_v4,

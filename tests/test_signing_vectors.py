@@ -4,7 +4,7 @@ Every expected string below is copied from PROTOCOL.md (which took them from the
 SDKs' unit tests and the OSS docs).  Both the intermediate strings (StringToSign, canonical
 request) and the final ``Authorization`` are checked.
 
-Presigned-URL vectors (V1 presigned, V4 Q1-Q3) are not tested: ``oss_callback._signing``
+Presigned-URL vectors (V1 presigned, V4 Q1-Q3) are not tested: ``oss_callback.protocol._signing``
 implements header authentication only.
 """
 
@@ -15,8 +15,8 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from oss_callback._credentials import Credentials
-from oss_callback._signing import (
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._signing import (
     sign_v1,
     sign_v4,
     v1_canonical_resource,

@@ -33,7 +33,7 @@ import pytest
 from reliability_helpers import PART, wait_until
 
 from oss_callback import Client
-from oss_callback._crc64 import crc64
+from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import OSSEmulator, RequestRecord
 
 SCRIPT = """

@@ -39,8 +39,8 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback._crc64 import crc64
-from oss_callback._sync import Bucket, Client
+from oss_callback.client._sync import Bucket, Client
+from oss_callback.protocol._crc64 import crc64
 
 ENDPOINT = "http://127.0.0.1:9000"
 BUCKET = "examplebucket"

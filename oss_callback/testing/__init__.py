@@ -16,12 +16,16 @@ Example:
     ...     emu.endpoint, emu.region, emu.access_key_id
 """
 
-from ._asgi import ServeASGI
-from ._emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, OSSEmulator
-from ._faults import Fault, FaultInjector
-from ._receiver import CallbackReceiver, ReceivedCallback
-from ._records import CallbackRecord, RequestRecord, StsCredentials
-from ._store import StoredObject
+from oss_callback.testing._asgi import ServeASGI
+from oss_callback.testing._emulator import (
+    DEFAULT_ACCESS_KEY_ID,
+    DEFAULT_ACCESS_KEY_SECRET,
+    OSSEmulator,
+)
+from oss_callback.testing._faults import Fault, FaultInjector
+from oss_callback.testing._receiver import CallbackReceiver, ReceivedCallback
+from oss_callback.testing._records import CallbackRecord, RequestRecord, StsCredentials
+from oss_callback.testing._store import StoredObject
 
 __all__ = [
     "DEFAULT_ACCESS_KEY_ID",

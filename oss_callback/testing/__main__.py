@@ -2,6 +2,6 @@
 
 import sys
 
-from ._cli import main_emulator
+from oss_callback.testing._cli import main_emulator
 
 sys.exit(main_emulator())

@@ -38,8 +38,8 @@ from xml.sax.saxutils import escape
 import attrs
 import httpx
 
-from ._auth import CredentialStore, RequestView, authenticate, authenticate_post
-from ._callbacks import (
+from oss_callback.testing._auth import CredentialStore, RequestView, authenticate, authenticate_post
+from oss_callback.testing._callbacks import (
     CallbackConfig,
     callback_client,
     parse_callback,
@@ -48,11 +48,11 @@ from ._callbacks import (
     send_callback,
     system_variables,
 )
-from ._errors import OSSErrorResponse, error_xml, x_oss_err
-from ._faults import Fault, FaultInjector, RequestInfo
-from ._post import MAX_FIELD_BYTES, FormReader, boundary_of, check_policy
-from ._records import CallbackRecord, RequestRecord
-from ._store import (
+from oss_callback.testing._errors import OSSErrorResponse, error_xml, x_oss_err
+from oss_callback.testing._faults import Fault, FaultInjector, RequestInfo
+from oss_callback.testing._post import MAX_FIELD_BYTES, FormReader, boundary_of, check_policy
+from oss_callback.testing._records import CallbackRecord, RequestRecord
+from oss_callback.testing._store import (
     BodySink,
     PartInfo,
     Store,
@@ -630,7 +630,9 @@ class EmulatorApp:
             )
         handler = getattr(self, f"_op_{req.operation}", None)
         if handler is None:
-            from ._objects_extra import EXTRA_HANDLERS  # copy, part copy, append
+            from oss_callback.testing._objects_extra import (
+                EXTRA_HANDLERS,  # copy, part copy, append
+            )
 
             extra = EXTRA_HANDLERS.get(req.operation)
             if extra is not None:

@@ -1,6 +1,6 @@
 """Request authentication as OSS does it: V1 and V4, header and presigned-URL forms, STS.
 
-Signatures are recomputed with :mod:`oss_callback._signing` from the request exactly as it
+Signatures are recomputed with :mod:`oss_callback.protocol._signing` from the request exactly as it
 was received (method, bucket, key, decoded query pairs in order, every header).
 """
 
@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 
 import attrs
 
-from .._signing import (
+from oss_callback.protocol._signing import (
     V4_ALGORITHM,
     v1_signature,
     v1_string_to_sign,
@@ -25,7 +25,7 @@ from .._signing import (
     v4_signature,
     v4_string_to_sign,
 )
-from ._errors import OSSErrorResponse
+from oss_callback.testing._errors import OSSErrorResponse
 
 __all__ = ["CredentialStore", "RequestView", "authenticate", "authenticate_post"]
 

@@ -45,7 +45,7 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ._errors import OSSErrorResponse
+from oss_callback.testing._errors import OSSErrorResponse
 
 __all__ = [
     "CONNECT_FAILED",

@@ -9,7 +9,7 @@ import sys
 import threading
 from types import FrameType
 
-from .._heap import keep_heap
+from oss_callback.client._heap import keep_heap
 
 __all__ = ["build_parser", "keep_heap", "main_emulator"]
 
@@ -63,7 +63,11 @@ def main_emulator(argv: list[str] | None = None) -> int:
     Prints exactly one line, ``OSS emulator listening on http://HOST:PORT``, once the
     server accepts connections.
     """
-    from ._emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, OSSEmulator
+    from oss_callback.testing._emulator import (
+        DEFAULT_ACCESS_KEY_ID,
+        DEFAULT_ACCESS_KEY_SECRET,
+        OSSEmulator,
+    )
 
     args = build_parser().parse_args(argv)
     access_key_id = args.access_key_id or os.environ.get("OSS_ACCESS_KEY_ID")

@@ -20,13 +20,13 @@ from typing import Any
 
 import anyio.to_thread
 
-from ._app import ETAG_MODES, EmulatorApp
-from ._auth import CredentialStore
-from ._callbacks import public_key_pem
-from ._faults import FaultInjector
-from ._records import CallbackRecord, RequestRecord, StsCredentials
-from ._store import Store, StoredObject
-from ._tls import write_tls_files
+from oss_callback.testing._app import ETAG_MODES, EmulatorApp
+from oss_callback.testing._auth import CredentialStore
+from oss_callback.testing._callbacks import public_key_pem
+from oss_callback.testing._faults import FaultInjector
+from oss_callback.testing._records import CallbackRecord, RequestRecord, StsCredentials
+from oss_callback.testing._store import Store, StoredObject
+from oss_callback.testing._tls import write_tls_files
 
 __all__ = ["DEFAULT_ACCESS_KEY_ID", "DEFAULT_ACCESS_KEY_SECRET", "OSSEmulator"]
 

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote_to_bytes
 
-from .._crc64 import crc64, crc64_combine
-from ._errors import OSSErrorResponse
-from ._store import Store, StoredObject
+from oss_callback.protocol._crc64 import crc64, crc64_combine
+from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._store import Store, StoredObject
 
 if TYPE_CHECKING:
-    from ._app import EmulatorApp, Request, Response
+    from oss_callback.testing._app import EmulatorApp, Request, Response
 
 __all__ = ["EXTRA_HANDLERS", "MAX_COPY_SIZE"]
 
@@ -190,7 +190,7 @@ def _copy_result(root: str, etag: str, modified: float) -> bytes:
 
 async def copy_object(app: EmulatorApp, req: Request) -> Response:
     """CopyObject: ``PUT /key`` with ``x-oss-copy-source``."""
-    from ._app import XML_CONTENT_TYPE, Response
+    from oss_callback.testing._app import XML_CONTENT_TYPE, Response
 
     bucket, key = app._bucket_key(req)
     src, not_modified = _source(app, req)
@@ -241,7 +241,12 @@ async def copy_object(app: EmulatorApp, req: Request) -> Response:
 
 async def upload_part_copy(app: EmulatorApp, req: Request) -> Response:
     """UploadPartCopy: ``PUT /key?partNumber=N&uploadId=ID`` with ``x-oss-copy-source``."""
-    from ._app import MAX_PART_NUMBER, XML_CONTENT_TYPE, Response, _invalid_argument
+    from oss_callback.testing._app import (
+        MAX_PART_NUMBER,
+        XML_CONTENT_TYPE,
+        Response,
+        _invalid_argument,
+    )
 
     raw_number = req.q.get("partNumber", "")
     if not (raw_number.isascii() and raw_number.isdigit()) or not (
@@ -309,7 +314,7 @@ def _check_appendable(current: StoredObject | None, position: int) -> None:
 
 async def append_object(app: EmulatorApp, req: Request) -> Response:
     """AppendObject: ``POST /key?append&position=N``."""
-    from ._app import MAX_PUT_SIZE, Response, _invalid_argument
+    from oss_callback.testing._app import MAX_PUT_SIZE, Response, _invalid_argument
 
     bucket, key = app._bucket_key(req)
     raw = req.q.get("position", "")

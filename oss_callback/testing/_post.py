@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from ._errors import OSSErrorResponse
+from oss_callback.testing._errors import OSSErrorResponse
 
 __all__ = ["FormReader", "boundary_of", "check_policy"]
 

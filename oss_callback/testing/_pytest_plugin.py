@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from . import CallbackReceiver, OSSEmulator
+    from oss_callback.testing import CallbackReceiver, OSSEmulator
 
 __all__ = ["callback_receiver", "oss_bucket", "oss_emulator", "oss_emulator_session"]
 
@@ -26,7 +26,7 @@ __all__ = ["callback_receiver", "oss_bucket", "oss_emulator", "oss_emulator_sess
 @pytest.fixture(scope="session")
 def oss_emulator_session() -> Iterator[OSSEmulator]:
     """A running OSS emulator shared by the whole test session."""
-    from . import OSSEmulator
+    from oss_callback.testing import OSSEmulator
 
     with OSSEmulator(callback_timeout=5.0) as emu:
         yield emu
@@ -48,7 +48,7 @@ def oss_bucket(oss_emulator: OSSEmulator) -> str:
 @pytest.fixture
 def callback_receiver() -> Iterator[CallbackReceiver]:
     """A real HTTP server on 127.0.0.1 recording callbacks, answering ``{"Status":"OK"}``."""
-    from . import CallbackReceiver
+    from oss_callback.testing import CallbackReceiver
 
     with CallbackReceiver() as receiver:
         yield receiver

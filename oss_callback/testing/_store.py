@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .._crc64 import crc64, crc64_combine
+from oss_callback.protocol._crc64 import crc64, crc64_combine
 
 __all__ = ["BodySink", "PartInfo", "Store", "StoredObject", "Upload"]
 

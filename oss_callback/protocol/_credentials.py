@@ -1,8 +1,8 @@
 """Credentials: an access key pair, an optional STS token and its expiry, never shown in a repr.
 
 Also the error raised when a credentials provider fails (:class:`CredentialsError`) and the
-shape of a provider (:class:`CredentialsProvider`): see :mod:`oss_callback._providers` for
-the providers shipped, and :class:`~oss_callback._http.Session` for how they are asked.
+shape of a provider (:class:`CredentialsProvider`): see :mod:`oss_callback.client._providers` for
+the providers shipped, and :class:`~oss_callback.client._http.Session` for how they are asked.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from ._errors import OSSError
+from oss_callback.protocol._errors import OSSError
 
 __all__ = ["Credentials", "CredentialsError", "CredentialsProvider"]
 

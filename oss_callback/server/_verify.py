@@ -61,14 +61,14 @@ import attrs
 import httpx
 from anyio.lowlevel import RunVar
 
-from ._errors import ClientError, OSSError, ServiceError
-from ._http import closing_iter
-from ._version import __version__
+from oss_callback._version import __version__
+from oss_callback.client._http import closing_iter
+from oss_callback.protocol._errors import ClientError, OSSError, ServiceError
 
 if TYPE_CHECKING:
-    from ._client import AsyncBucket
-    from ._models import HeadObjectResult
-    from ._sync import Bucket
+    from oss_callback.client._client import AsyncBucket
+    from oss_callback.client._sync import Bucket
+    from oss_callback.protocol._models import HeadObjectResult
 
 try:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -388,7 +388,7 @@ class VerifiedCallback:
                 (network, permissions; the OSS error is the ``__cause__``).
             ValueError: ``require`` names a field that can't be checked.
         """
-        from ._sync import Bucket
+        from oss_callback.client._sync import Bucket
 
         if isinstance(bucket, Bucket):
             confirm = functools.partial(self.confirm_sync, bucket, require=require)
@@ -411,7 +411,7 @@ class VerifiedCallback:
             TypeError: ``bucket`` is an :class:`~oss_callback.AsyncBucket` (``await
                 cb.confirm(bucket)`` instead).
         """
-        from ._client import AsyncBucket
+        from oss_callback.client._client import AsyncBucket
 
         given: object = bucket  # a runtime check for callers without a type checker
         if isinstance(given, AsyncBucket):

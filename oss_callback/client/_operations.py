@@ -37,12 +37,17 @@ from urllib.parse import quote, unquote
 
 import anyio
 
-from ._body import Body, ProgressFn, make_body
-from ._crc64 import crc64
-from ._endpoint import validate_bucket_name, validate_key
-from ._errors import InconsistentError, RequestError, ResponseError, ServiceError
-from ._http import parse_crc
-from ._models import (
+from oss_callback.client._body import Body, ProgressFn, make_body
+from oss_callback.client._http import parse_crc
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._endpoint import validate_bucket_name, validate_key
+from oss_callback.protocol._errors import (
+    InconsistentError,
+    RequestError,
+    ResponseError,
+    ServiceError,
+)
+from oss_callback.protocol._models import (
     AppendObjectResult,
     CommonPrefix,
     CopyObjectResult,
@@ -51,14 +56,14 @@ from ._models import (
     HeadObjectResult,
     ObjectInfo,
 )
-from ._options import upload_headers
-from ._xml import Node, delete_body, parse_xml, strip_etag, xml_safe
+from oss_callback.protocol._options import upload_headers
+from oss_callback.protocol._xml import Node, delete_body, parse_xml, strip_etag, xml_safe
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from ._client import AsyncBucket
+    from oss_callback.client._client import AsyncBucket
 
 __all__ = [
     "DELETE_BATCH",
@@ -291,7 +296,7 @@ def _positive(value: object, name: str, default: int, low: int, high: int) -> in
 
 
 async def _head(bucket: AsyncBucket, bucket_name: str, key: str) -> HeadObjectResult:
-    from ._client import _head_result, _require_oss
+    from oss_callback.client._client import _head_result, _require_oss
 
     response, _ = await bucket._session.request("HEAD", bucket_name, key, max_body=0)
     _require_oss(response, "HeadObject")
@@ -322,7 +327,7 @@ async def copy_object(
     multipart_threshold: int | None,
 ) -> CopyObjectResult:
     """:meth:`AsyncBucket.copy_object`."""
-    from ._resumable import DEFAULT_CONCURRENCY, MAX_CONCURRENCY
+    from oss_callback.client._resumable import DEFAULT_CONCURRENCY, MAX_CONCURRENCY
 
     validate_key(src_key)
     validate_key(dst_key)
@@ -381,7 +386,7 @@ async def _multipart_copy(
     part_size: int | None,
     workers: int,
 ) -> CopyObjectResult:
-    from ._resumable import _root_cause, choose_part_size
+    from oss_callback.client._resumable import _root_cause, choose_part_size
 
     size = source.size
     if part_size is None:
@@ -559,7 +564,7 @@ async def append_object(
     progress: ProgressFn | None,
 ) -> AppendObjectResult:
     """:meth:`AsyncBucket.append_object`."""
-    from ._client import _merge_headers
+    from oss_callback.client._client import _merge_headers
 
     validate_key(key)
     if isinstance(position, bool) or not isinstance(position, int) or position < 0:

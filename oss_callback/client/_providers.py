@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ._credentials import Credentials
+from oss_callback.protocol._credentials import Credentials
 
 __all__ = [
     "AlibabaCloudCredentialsProvider",

@@ -10,7 +10,7 @@ checkpoint belongs to the upload (bucket, key, file), not to the endpoint it wen
 Format versions: 2 (this one) added ``file.ctime_ns`` and ``initiated_ms``.  A version-1
 checkpoint is still read, with both ``None`` (unknown): its parts are re-verified against the
 file before they are kept, and a lost Complete is never recovered from it (see
-:mod:`oss_callback._resumable`).  Versions above 2 are refused as "newer".
+:mod:`oss_callback.client._resumable`).  Versions above 2 are refused as "newer".
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import CheckpointError
+from oss_callback.protocol._errors import CheckpointError
 
 __all__ = [
     "FORMAT",

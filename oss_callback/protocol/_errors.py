@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, urlsplit
 from xml.etree import ElementTree
 
-from ._endpoint import _derive_region
+from oss_callback.protocol._endpoint import _derive_region
 
 if TYPE_CHECKING:
-    from ._models import PutObjectResult
+    from oss_callback.protocol._models import PutObjectResult
 
 __all__ = [
     "CallbackError",

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
-from ._engine import loop_options
-from ._errors import CallbackError, CallbackUnknownError, OSSError
-from ._heap import keep_heap
-from ._models import MultipartUpload, PutObjectResult
-from ._options import upload_headers
+from oss_callback.client._engine import loop_options
+from oss_callback.client._heap import keep_heap
+from oss_callback.protocol._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
+from oss_callback.protocol._errors import CallbackError, CallbackUnknownError, OSSError
+from oss_callback.protocol._models import MultipartUpload, PutObjectResult
+from oss_callback.protocol._options import upload_headers
 
 if TYPE_CHECKING:
-    from ._client import AsyncBucket, AsyncClient
+    from oss_callback.client._client import AsyncBucket, AsyncClient
 
 __all__ = ["main"]
 
@@ -191,7 +191,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="confirm each callback against this bucket (default: $OSS_BUCKET)")
     _connection_args(cs)
 
-    from ._callback_test import add_parser as add_callback_test_parser
+    from oss_callback.cli._callback_test import add_parser as add_callback_test_parser
 
     add_callback_test_parser(sub)
 
@@ -215,7 +215,7 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> AsyncClient:
-    from ._client import AsyncClient
+    from oss_callback.client._client import AsyncClient
 
     if not args.endpoint:
         raise UsageError("no endpoint: pass --endpoint URL or set OSS_ENDPOINT")
@@ -436,7 +436,7 @@ async def _abort_uploads(args: argparse.Namespace) -> int:
 async def _abort_all(bucket: AsyncBucket, uploads: list[MultipartUpload], todo: list[int],
                      outcome: dict[int, tuple[str, str | None]]) -> None:
     """Abort ``uploads[i]`` for each ``i`` in ``todo``, a few at once; record each outcome."""
-    from ._errors import ServiceError
+    from oss_callback.protocol._errors import ServiceError
 
     limiter = anyio.CapacityLimiter(ABORT_CONCURRENCY)
 
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The emulator parses its own options.
     rest = [a for a in args_list if a != "--debug"]
     if rest[:1] == ["emulator"]:
-        from .testing._cli import main_emulator
+        from oss_callback.testing._cli import main_emulator
 
         return main_emulator(rest[1:])
     parser = _build_parser()
@@ -474,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "demo":
-            from ._demo import run_demo
+            from oss_callback.cli._demo import run_demo
 
             return run_demo()
         if args.command == "abort-uploads":
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "callback-server":
             return _callback_server(args)
         if args.command == "callback-test":
-            from ._callback_test import run_callback_test
+            from oss_callback.cli._callback_test import run_callback_test
 
             return run_callback_test(args)
         if not os.path.isfile(args.path):
@@ -514,7 +514,7 @@ def _callback_server(args: argparse.Namespace) -> int:
             f"callback-server needs FastAPI and uvicorn ({e.name} is missing): "
             "pip install 'oss-callback[fastapi,emulator]'"
         ) from None
-    from ._callback_server import serve
+    from oss_callback.cli._callback_server import serve
 
     return serve(args)
 

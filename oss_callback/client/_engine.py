@@ -19,7 +19,7 @@ import anyio
 import attrs
 import httpx
 
-from ._http import USER_AGENT
+from oss_callback.client._http import USER_AGENT
 
 if TYPE_CHECKING:
     import aiohttp

@@ -16,8 +16,8 @@ from typing import IO, Any
 import anyio.to_thread
 import httpx
 
-from ._crc64 import crc64
-from ._errors import FileChangedError
+from oss_callback.protocol._crc64 import crc64
+from oss_callback.protocol._errors import FileChangedError
 
 __all__ = ["Body", "BodyStream", "ProgressFn", "check_readable_file", "make_body"]
 

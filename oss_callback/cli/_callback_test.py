@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
-from ._cli import EXIT_CALLBACK_FAILED, EXIT_OK, UsageError, _pairs, parse_size
-from ._options import guess_content_type
+from oss_callback.cli._main import EXIT_CALLBACK_FAILED, EXIT_OK, UsageError, _pairs, parse_size
+from oss_callback.protocol._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
+from oss_callback.protocol._options import guess_content_type
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from .testing._callbacks import CallbackConfig, CallbackOutcome
+    from oss_callback.testing._callbacks import CallbackConfig, CallbackOutcome
 
 __all__ = ["OSS_CALLBACK_TIMEOUT", "add_parser", "run_callback_test"]
 
@@ -105,8 +105,8 @@ def add_parser(sub: Any) -> None:
 def run_callback_test(args: argparse.Namespace) -> int:
     """Run ``oss-callback callback-test`` (``UsageError``: exit code 2)."""
     try:
-        from .testing import _callbacks as sender
-        from .testing._errors import OSSErrorResponse
+        from oss_callback.testing import _callbacks as sender
+        from oss_callback.testing._errors import OSSErrorResponse
     except ImportError as e:  # cryptography: the emulator's RSA signing
         raise UsageError(
             f"callback-test signs callbacks as OSS does, which needs "
@@ -262,7 +262,7 @@ def _send(sender: Any, config: CallbackConfig, body: bytes, key_url: str,
           key: rsa.RSAPrivateKey) -> list[CallbackOutcome]:
     import anyio
 
-    from ._engine import loop_options
+    from oss_callback.client._engine import loop_options
 
     async def send() -> list[CallbackOutcome]:
         async with sender.callback_client() as client:

@@ -50,11 +50,13 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._body import Body, ProgressFn
-from ._credentials import Credentials, CredentialsError, CredentialsProvider
-from ._endpoint import Endpoint
-from ._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
-from ._errors import (
+from oss_callback._version import __version__
+from oss_callback.client._body import Body, ProgressFn
+from oss_callback.client._retry import RetryPolicy
+from oss_callback.protocol._credentials import Credentials, CredentialsError, CredentialsProvider
+from oss_callback.protocol._endpoint import Endpoint
+from oss_callback.protocol._errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
+from oss_callback.protocol._errors import (
     InconsistentError,
     OSSError,
     Redactor,
@@ -62,9 +64,7 @@ from ._errors import (
     ServiceError,
     make_service_error,
 )
-from ._retry import RetryPolicy
-from ._signing import sign_v1, sign_v4
-from ._version import __version__
+from oss_callback.protocol._signing import sign_v1, sign_v4
 
 __all__ = ["Session", "closing_iter"]
 
@@ -762,7 +762,7 @@ class _OneChunk(httpx.AsyncByteStream):
 class _ClockedStream(httpx.AsyncByteStream):
     """A request body that tells the answer clock when it starts and when it is all sent.
 
-    A plain iterator (like :class:`~oss_callback._body.BodyStream`, which it wraps): no
+    A plain iterator (like :class:`~oss_callback.client._body.BodyStream`, which it wraps): no
     generator is left to the garbage collector when a request stops mid-body.
     """
 

@@ -6,7 +6,7 @@ import random
 
 import attrs
 
-from ._errors import InconsistentError, OSSError, RequestError, ServiceError
+from oss_callback.protocol._errors import InconsistentError, OSSError, RequestError, ServiceError
 
 __all__ = ["RetryPolicy"]
 

@@ -26,10 +26,10 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from ._callback import Callback
-from ._credentials import Credentials
-from ._endpoint import Endpoint, validate_key
-from ._signing import (
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._credentials import Credentials
+from oss_callback.protocol._endpoint import Endpoint, validate_key
+from oss_callback.protocol._signing import (
     V4_ALGORITHM,
     format_v4_date,
     v1_signature,

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._callback import Callback
-from ._signing import V4_ALGORITHM, v1_signature, v4_signature
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._signing import V4_ALGORITHM, v1_signature, v4_signature
 
 if TYPE_CHECKING:
-    from ._http import Session
+    from oss_callback.client._http import Session
 
 __all__ = ["PostPolicy", "build_post_policy"]
 

@@ -43,7 +43,7 @@ Needs ``cryptography``: ``pip install 'oss-callback[server]'``.
 
 from __future__ import annotations
 
-from ._verify import (
+from oss_callback.server._verify import (
     CONFIRMABLE_FIELDS,
     DEFAULT_KEY_HOSTS,
     BodyType,

@@ -40,12 +40,15 @@ import anyio
 import anyio.from_thread
 import httpx
 
-from ._body import ProgressFn
-from ._callback import Callback
-from ._client import DEFAULT_GET_MAX_SIZE, AsyncBucket, AsyncClient
-from ._credentials import Credentials, CredentialsProvider
-from ._engine import HttpEngine, loop_options
-from ._models import (
+from oss_callback.client._body import ProgressFn
+from oss_callback.client._client import DEFAULT_GET_MAX_SIZE, AsyncBucket, AsyncClient
+from oss_callback.client._engine import HttpEngine, loop_options
+from oss_callback.client._operations import ObjectLister, SyncObjectIterator
+from oss_callback.client._post_policy import PostPolicy
+from oss_callback.client._retry import RetryPolicy
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._credentials import Credentials, CredentialsProvider
+from oss_callback.protocol._models import (
     AppendObjectResult,
     CommonPrefix,
     CopyObjectResult,
@@ -59,9 +62,6 @@ from ._models import (
     PutObjectResult,
     UploadPartResult,
 )
-from ._operations import ObjectLister, SyncObjectIterator
-from ._post_policy import PostPolicy
-from ._retry import RetryPolicy
 
 __all__ = ["Bucket", "Client"]
 

@@ -94,8 +94,8 @@ from contextlib import contextmanager, suppress
 
 import uvicorn
 
-from ._cli import UsageError
-from ._errors import OSSError
+from oss_callback.cli._main import UsageError
+from oss_callback.protocol._errors import OSSError
 
 __all__ = ["create_app", "serve"]
 

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from ._client import AsyncBucket
-from ._sync import Bucket
-from .fastapi import callback_dependency
-from .server import CallbackVerifier, VerifiedCallback
+from oss_callback.client._client import AsyncBucket
+from oss_callback.client._sync import Bucket
+from oss_callback.fastapi import callback_dependency
+from oss_callback.server import CallbackVerifier, VerifiedCallback
 
 __all__ = ["make_callback_app"]
 

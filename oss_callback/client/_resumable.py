@@ -58,9 +58,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._body import FileRangeBody, ProgressFn, _read_crc, check_readable_file
-from ._callback import Callback
-from ._checkpoint import (
+from oss_callback.client._body import FileRangeBody, ProgressFn, _read_crc, check_readable_file
+from oss_callback.client._checkpoint import (
     Checkpoint,
     FileIdentity,
     PartRecord,
@@ -71,9 +70,10 @@ from ._checkpoint import (
     remove_checkpoint,
     write_checkpoint,
 )
-from ._crc64 import crc64_combine_many
-from ._endpoint import validate_key
-from ._errors import (
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._crc64 import crc64_combine_many
+from oss_callback.protocol._endpoint import validate_key
+from oss_callback.protocol._errors import (
     CallbackError,
     CallbackUnknownError,
     CheckpointError,
@@ -81,14 +81,14 @@ from ._errors import (
     InconsistentError,
     ServiceError,
 )
-from ._models import HeadObjectResult, PutObjectResult, UploadPartResult
-from ._options import upload_headers
+from oss_callback.protocol._models import HeadObjectResult, PutObjectResult, UploadPartResult
+from oss_callback.protocol._options import upload_headers
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from ._client import AsyncBucket
+    from oss_callback.client._client import AsyncBucket
 
 __all__ = [
     "DEFAULT_CONCURRENCY",

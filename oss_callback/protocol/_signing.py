@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from urllib.parse import quote
 
-from ._credentials import Credentials
+from oss_callback.protocol._credentials import Credentials
 
 __all__ = [
     "V1_SUBRESOURCES",

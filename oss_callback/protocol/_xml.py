@@ -7,7 +7,7 @@ from urllib.parse import unquote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from ._errors import ResponseError
+from oss_callback.protocol._errors import ResponseError
 
 __all__ = ["complete_body", "delete_body", "parse_xml", "strip_etag", "xml_safe"]
 

@@ -19,10 +19,10 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._callback import Callback
-from ._client import AsyncClient
-from ._crc64 import CRC64
-from ._errors import CallbackError
+from oss_callback.client._client import AsyncClient
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._crc64 import CRC64
+from oss_callback.protocol._errors import CallbackError
 
 __all__ = ["run_demo"]
 
@@ -58,7 +58,7 @@ class _Out:
             print(f"  {text}", flush=True)
 
     def progress(self, total: int) -> Any:
-        from ._cli import _Progress
+        from oss_callback.cli._main import _Progress
 
         return _Progress("  uploading", sys.stdout, quiet=False)
 
@@ -69,8 +69,8 @@ def run_demo() -> int:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
 
-        from .server import CallbackVerifier  # noqa: F401
-        from .testing import OSSEmulator  # noqa: F401
+        from oss_callback.server import CallbackVerifier  # noqa: F401
+        from oss_callback.testing import OSSEmulator  # noqa: F401
     except ImportError as e:
         print(
             f"oss-callback demo needs the optional extras ({e.name} is missing): "
@@ -82,10 +82,10 @@ def run_demo() -> int:
 
 
 async def _demo() -> int:
-    from ._demo_app import make_callback_app
-    from ._sync import Bucket
-    from .server import CallbackVerifier
-    from .testing import OSSEmulator, ServeASGI
+    from oss_callback.cli._demo_app import make_callback_app
+    from oss_callback.client._sync import Bucket
+    from oss_callback.server import CallbackVerifier
+    from oss_callback.testing import OSSEmulator, ServeASGI
 
     out = _Out()
     out.line("oss_callback demo: upload with a callback, verify it, see both sides.")

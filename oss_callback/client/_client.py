@@ -17,13 +17,28 @@ import anyio.to_thread
 import attrs
 import httpx
 
-from ._body import Body, ProgressFn, make_body
-from ._callback import Callback
-from ._crc64 import crc64, crc64_combine_many
-from ._credentials import Credentials, CredentialsProvider
-from ._endpoint import Endpoint, validate_bucket_name, validate_key, validate_region
-from ._engine import HttpEngine, build_http_client, check_user_http_client
-from ._errors import (
+from oss_callback.client._body import Body, ProgressFn, make_body
+from oss_callback.client._engine import HttpEngine, build_http_client, check_user_http_client
+from oss_callback.client._http import (
+    USER_AGENT,
+    Redact,
+    Session,
+    check_answer_timeout,
+    closing_iter,
+    parse_crc,
+)
+from oss_callback.client._post_policy import PostPolicy, build_post_policy
+from oss_callback.client._retry import RetryPolicy
+from oss_callback.protocol._callback import Callback
+from oss_callback.protocol._crc64 import crc64, crc64_combine_many
+from oss_callback.protocol._credentials import Credentials, CredentialsProvider
+from oss_callback.protocol._endpoint import (
+    Endpoint,
+    validate_bucket_name,
+    validate_key,
+    validate_region,
+)
+from oss_callback.protocol._errors import (
     CallbackError,
     InconsistentError,
     ObjectTooLargeError,
@@ -33,8 +48,7 @@ from ._errors import (
     callback_failure_hint,
     make_service_error,
 )
-from ._http import USER_AGENT, Redact, Session, check_answer_timeout, closing_iter, parse_crc
-from ._models import (
+from oss_callback.protocol._models import (
     AppendObjectResult,
     CommonPrefix,
     CopyObjectResult,
@@ -48,11 +62,9 @@ from ._models import (
     PutObjectResult,
     UploadPartResult,
 )
-from ._options import upload_headers
-from ._post_policy import PostPolicy, build_post_policy
-from ._presign import presign_url
-from ._retry import RetryPolicy
-from ._xml import complete_body, parse_xml, strip_etag
+from oss_callback.protocol._options import upload_headers
+from oss_callback.protocol._presign import presign_url
+from oss_callback.protocol._xml import complete_body, parse_xml, strip_etag
 
 __all__ = ["DEFAULT_GET_MAX_SIZE", "AsyncBucket", "AsyncClient"]
 
@@ -758,7 +770,7 @@ class AsyncBucket:
             as storage) until it is resumed or aborted; configure a lifecycle rule that
             aborts incomplete multipart uploads after some days.
         """
-        from ._resumable import resumable_upload
+        from oss_callback.client._resumable import resumable_upload
 
         return await resumable_upload(
             self, key, path, callback=callback, part_size=part_size, concurrency=concurrency,
@@ -1052,7 +1064,7 @@ class AsyncBucket:
             RequestError: no answer after the retries.
             ValueError: ``max_keys`` out of range (at once).
         """
-        from ._operations import ObjectLister
+        from oss_callback.client._operations import ObjectLister
 
         return ObjectLister(self, prefix, delimiter, start_after, max_keys)
 
@@ -1103,7 +1115,7 @@ class AsyncBucket:
             InconsistentError: the copy's CRC-64 differs from the source's.
             ValueError: ``metadata`` (or metadata headers) with ``"COPY"``, bad sizes.
         """
-        from ._operations import copy_object
+        from oss_callback.client._operations import copy_object
 
         return await copy_object(
             self, src_key, dst_key, src_bucket=src_bucket, metadata=metadata,
@@ -1132,7 +1144,7 @@ class AsyncBucket:
             ServiceError: a whole request refused (e.g. ``AccessDenied``); batches before
                 it stay deleted.
         """
-        from ._operations import delete_objects
+        from oss_callback.client._operations import delete_objects
 
         return await delete_objects(self, keys, quiet=quiet)
 
@@ -1170,7 +1182,7 @@ class AsyncBucket:
                 (409: a normal or multipart object).
             InconsistentError: the CRC-64 OSS reports isn't the expected one.
         """
-        from ._operations import append_object
+        from oss_callback.client._operations import append_object
 
         return await append_object(self, key, position, data, headers=headers,
                                    init_crc=init_crc, progress=progress)
