@@ -3,6 +3,7 @@ callback receiver fixtures come from the package's pytest plugin)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,14 @@ from facades import Api
 from oss_callback import AsyncBucket, AsyncClient, RetryPolicy
 
 BACKENDS = ("asyncio", "trio")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`cmd &` without job control, nohup) with SIGINT
+    # ignored, and Python then keeps it ignored: the tests that press Ctrl-C (a SIGINT to
+    # the main thread) would wait forever. Give them what an interactive run has.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
