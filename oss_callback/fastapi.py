@@ -52,13 +52,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from oss_callback.client._client import AsyncBucket
 from oss_callback.client._sync import Bucket
-from oss_callback.server._verify import (
-    CallbackSignatureError,
-    CallbackVerifier,
-    VerifiedCallback,
-    _required_fields,
-    verify_starlette_request,
-)
+from oss_callback.server._asgi import verify_starlette_request
+from oss_callback.server._errors import CallbackSignatureError
+from oss_callback.server._verified import VerifiedCallback, _required_fields
+from oss_callback.server._verifier import CallbackVerifier
 
 __all__ = ["INVALID_CALLBACK_DETAIL", "callback_dependency"]
 

@@ -43,21 +43,19 @@ Needs ``cryptography``: ``pip install 'oss-callback[server]'``.
 
 from __future__ import annotations
 
-from oss_callback.server._verify import (
-    CONFIRMABLE_FIELDS,
-    DEFAULT_KEY_HOSTS,
-    BodyType,
+from oss_callback.server._asgi import verify_asgi, verify_starlette_request
+from oss_callback.server._body import BodyType
+from oss_callback.server._errors import (
     CallbackBodyError,
     CallbackNotConfirmedError,
     CallbackSignatureError,
-    CallbackVerifier,
     PublicKeyFetchError,
     Reason,
-    VerifiedCallback,
-    callback_string_to_sign,
-    verify_asgi,
-    verify_starlette_request,
 )
+from oss_callback.server._key_policy import DEFAULT_KEY_HOSTS
+from oss_callback.server._rsa import callback_string_to_sign
+from oss_callback.server._verified import CONFIRMABLE_FIELDS, VerifiedCallback
+from oss_callback.server._verifier import CallbackVerifier
 
 __all__ = [
     "CONFIRMABLE_FIELDS",

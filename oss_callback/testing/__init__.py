@@ -25,7 +25,7 @@ from oss_callback.testing._emulator import (
 from oss_callback.testing._faults import Fault, FaultInjector
 from oss_callback.testing._receiver import CallbackReceiver, ReceivedCallback
 from oss_callback.testing._records import CallbackRecord, RequestRecord, StsCredentials
-from oss_callback.testing._store import StoredObject
+from oss_callback.testing._stored import StoredObject
 
 __all__ = [
     "DEFAULT_ACCESS_KEY_ID",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -11,7 +12,7 @@ from types import FrameType
 
 from oss_callback.client._heap import keep_heap
 
-__all__ = ["build_parser", "keep_heap", "main_emulator"]
+__all__ = ["build_parser", "keep_heap", "main_emulator", "startup_lines"]
 
 
 def build_parser(prog: str = "oss-callback emulator") -> argparse.ArgumentParser:
@@ -57,11 +58,41 @@ def build_parser(prog: str = "oss-callback emulator") -> argparse.ArgumentParser
     return parser
 
 
+def startup_lines(
+    endpoint: str,
+    region: str,
+    access_key_id: str,
+    secret: str | None,
+    buckets: list[str],
+) -> list[str]:
+    """What the command prints once the server accepts connections: what a client needs.
+
+    The first line is ``OSS emulator listening on http://HOST:PORT`` (scripts wait for it
+    and take the endpoint from it); then the endpoint, region, access key id and secret
+    it accepts, the buckets it made, and the ``export`` line that points the
+    ``oss-callback`` commands (and clients that read ``OSS_*`` variables) at it.  A
+    ``secret`` of ``None`` came from ``$OSS_ACCESS_KEY_SECRET``: it is not echoed (it
+    may be a real one), and the ``export`` line leaves the keys as they are.
+    """
+    exports = {"OSS_ENDPOINT": endpoint, "OSS_REGION": region}
+    if secret is not None:
+        exports |= {"OSS_ACCESS_KEY_ID": access_key_id, "OSS_ACCESS_KEY_SECRET": secret}
+    return [
+        f"OSS emulator listening on {endpoint}",
+        f"  endpoint           {endpoint}",
+        f"  region             {region}",
+        f"  access key id      {access_key_id}",
+        f"  access key secret  {secret or '(the value of $OSS_ACCESS_KEY_SECRET)'}",
+        f"  buckets            {', '.join(buckets) or '(none yet: --bucket NAME makes one)'}",
+        "  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items()),
+    ]
+
+
 def main_emulator(argv: list[str] | None = None) -> int:
     """Run the emulator until SIGINT/SIGTERM; returns the exit status.
 
-    Prints exactly one line, ``OSS emulator listening on http://HOST:PORT``, once the
-    server accepts connections.
+    Once the server accepts connections, prints :func:`startup_lines`: first
+    ``OSS emulator listening on http://HOST:PORT``, then what a client needs to use it.
     """
     from oss_callback.testing._emulator import (
         DEFAULT_ACCESS_KEY_ID,
@@ -74,6 +105,8 @@ def main_emulator(argv: list[str] | None = None) -> int:
     secret = args.access_key_secret or os.environ.get("OSS_ACCESS_KEY_SECRET")
     if not (access_key_id and secret):
         access_key_id, secret = DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET
+    # One from the environment may be a real secret: it is not printed.
+    from_env = not args.access_key_secret and secret != DEFAULT_ACCESS_KEY_SECRET
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -112,7 +145,10 @@ def main_emulator(argv: list[str] | None = None) -> int:
         if in_main:  # this process is the server
             keep_heap()
         try:
-            print(f"OSS emulator listening on {emulator.endpoint}", flush=True)
+            buckets = sorted(emulator._require_running().store.buckets)  # --data-dir's too
+            lines = startup_lines(emulator.endpoint, emulator.region, access_key_id,
+                                  None if from_env else secret, buckets)
+            print("\n".join(lines), flush=True)
             while not stop.wait(0.2):
                 pass
         finally:

@@ -1,36 +1,34 @@
-"""OSSEmulator: the ASGI app under uvicorn, on its own thread and event loop."""
+"""OSSEmulator, the public face of the emulator: its settings, lifecycle, credentials, and
+what tests inspect (records, objects, uploads). Serving is ``_server``'s part; answering
+requests ``_app``'s."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import anyio.to_thread
 
-from oss_callback.testing._app import ETAG_MODES, EmulatorApp
+from oss_callback.testing._app import EmulatorApp
 from oss_callback.testing._auth import CredentialStore
 from oss_callback.testing._callbacks import public_key_pem
 from oss_callback.testing._faults import FaultInjector
 from oss_callback.testing._records import CallbackRecord, RequestRecord, StsCredentials
-from oss_callback.testing._store import Store, StoredObject
-from oss_callback.testing._tls import write_tls_files
+from oss_callback.testing._routing import PUBLIC_KEY_PATH
+from oss_callback.testing._server import ServerThread
+from oss_callback.testing._state import ETAG_MODES, EmulatorState
+from oss_callback.testing._store import Store
+from oss_callback.testing._stored import StoredObject
 
 __all__ = ["DEFAULT_ACCESS_KEY_ID", "DEFAULT_ACCESS_KEY_SECRET", "OSSEmulator"]
-
-logger = logging.getLogger("oss_callback.testing")
 
 #: The access key every emulator accepts unless told otherwise (test values, not secrets).
 DEFAULT_ACCESS_KEY_ID = "LTAI-oss-emulator"
@@ -40,23 +38,6 @@ DEFAULT_ACCESS_KEY_SECRET = "oss-emulator-secret"  # noqa: S105 - a well-known t
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is an optional speed-up
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-def _http_impl() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return "h11"
-    return "httptools"
-
-
 def _check_bucket_name(name: str) -> str:
     if not isinstance(name, str) or not _BUCKET_NAME.fullmatch(name):
         raise ValueError(
@@ -64,117 +45,6 @@ def _check_bucket_name(name: str) -> str:
             "hyphens, starting and ending with a letter or digit"
         )
     return name
-
-
-class _HeadGuard:
-    """Drops a connection that doesn't deliver a complete request head in time.
-
-    uvicorn only limits the wait for the *first byte* of the next request on a kept-alive
-    connection (``timeout_keep_alive``, disarmed by any byte): a client that connects and
-    says nothing, or drips its head a byte at a time (slowloris), would hold a connection
-    (and a file descriptor) for ever. The guard is armed when the connection opens and
-    whenever a response completes, and disarmed when a request's head is complete (uvicorn
-    has made the request's cycle); if it fires first, the connection is closed.
-    """
-
-    def __init__(self, protocol: Any, timeout: float) -> None:
-        self._protocol = protocol
-        self._timeout = timeout
-        self._handle: asyncio.TimerHandle | None = None
-        self._cycle: object = None
-
-    def arm(self) -> None:
-        self.disarm()
-        self._cycle = self._protocol.cycle
-        self._handle = self._protocol.loop.call_later(self._timeout, self._expire)
-
-    def disarm(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def after_data(self) -> None:
-        if self._handle is not None and self._protocol.cycle is not self._cycle:
-            self.disarm()  # a request head is complete
-
-    def after_response(self) -> None:
-        # uvicorn arms its keep-alive timer exactly when the connection now waits for the
-        # next request (not closing, no pipelined request already parsed).
-        if self._protocol.timeout_keep_alive_task is not None:
-            self.arm()
-
-    def _expire(self) -> None:
-        self._handle = None
-        transport = self._protocol.transport
-        if transport is not None and not transport.is_closing():
-            logger.debug("oss emulator: no complete request head within %.3g s; closing",
-                         self._timeout)
-            transport.close()
-
-
-def _guarded_protocol(impl: str, header_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (``httptools`` or ``h11``) with a :class:`_HeadGuard`."""
-    if impl == "httptools":
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-        class GuardedHttpToolsProtocol(HttpToolsProtocol):
-            def connection_made(  # type: ignore[override]  # as uvicorn's
-                self, transport: asyncio.Transport
-            ) -> None:
-                super().connection_made(transport)
-                self._head_guard = _HeadGuard(self, header_timeout)
-                self._head_guard.arm()
-
-            def data_received(self, data: bytes) -> None:
-                super().data_received(data)
-                self._head_guard.after_data()
-
-            def on_response_complete(self) -> None:
-                super().on_response_complete()
-                self._head_guard.after_response()
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                self._head_guard.disarm()
-                super().connection_lost(exc)
-
-        return GuardedHttpToolsProtocol
-
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedH11Protocol(H11Protocol):
-        def connection_made(  # type: ignore[override]  # as uvicorn's
-            self, transport: asyncio.Transport
-        ) -> None:
-            super().connection_made(transport)
-            self._head_guard = _HeadGuard(self, header_timeout)
-            self._head_guard.arm()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._head_guard.after_data()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._head_guard.after_response()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._head_guard.disarm()
-            super().connection_lost(exc)
-
-    return GuardedH11Protocol
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.set_inheritable(True)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class OSSEmulator:
@@ -267,15 +137,11 @@ class OSSEmulator:
         self._max_records = max_records
         self.etag = etag
         self.tls = tls
-        self._tls_dir: str | None = None
-        self._ca_pem: bytes | None = None
         self.faults = FaultInjector()
         self._credentials = CredentialStore()
         self._credentials.add(access_key_id, access_key_secret)
-        self._app: EmulatorApp | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._service: EmulatorState | None = None
+        self._server: ServerThread | None = None
         self._temp_dir: str | None = None
         self._data_dir: Path | None = None
         self._port = 0
@@ -310,17 +176,17 @@ class OSSEmulator:
             RuntimeError: without ``tls=True``, or before :meth:`start`.
         """
         self._require_running()
-        if self._ca_pem is None:
+        if self._server is None or self._server.ca_pem is None:
             raise RuntimeError("this OSSEmulator serves plain HTTP; create it with tls=True")
-        return self._ca_pem
+        return self._server.ca_pem
 
     @property
     def ca_file(self) -> Path:
         """:attr:`ca_pem` in a file (removed on :meth:`stop`): ``SSL_CERT_FILE``,
         ``curl --cacert``, ``verify=ssl.create_default_context(cafile=...)``."""
         self.ca_pem  # noqa: B018 - raises without TLS
-        assert self._tls_dir is not None
-        return Path(self._tls_dir) / "ca.pem"
+        assert self._server is not None and self._server.tls_dir is not None
+        return Path(self._server.tls_dir) / "ca.pem"
 
     @property
     def data_dir(self) -> Path:
@@ -337,7 +203,7 @@ class OSSEmulator:
     @property
     def public_key_url(self) -> str:
         """Where the emulator serves :attr:`public_key_pem` (sent as ``x-oss-pub-key-url``)."""
-        return self.endpoint + "/_emulator/callback_pub_key.pem"
+        return self.endpoint + PUBLIC_KEY_PATH
 
     @property
     def callback_timeout(self) -> float:
@@ -349,22 +215,22 @@ class OSSEmulator:
         if value <= 0:
             raise ValueError("callback_timeout must be > 0")
         self._callback_timeout = value
-        if self._app is not None:
-            self._app.callback_timeout = value
+        if self._service is not None:
+            self._service.callback_timeout = value
 
     @property
     def requests(self) -> list[RequestRecord]:
         """The requests answered so far, oldest first (a snapshot)."""
-        app = self._require_running()
-        with app._records_lock:
-            return list(app.requests)
+        service = self._require_running()
+        with service.records_lock:
+            return list(service.requests)
 
     @property
     def callbacks(self) -> list[CallbackRecord]:
         """The callback POSTs attempted so far, oldest first (a snapshot)."""
-        app = self._require_running()
-        with app._records_lock:
-            return list(app.callbacks)
+        service = self._require_running()
+        with service.records_lock:
+            return list(service.callbacks)
 
     def __repr__(self) -> str:
         where = self.endpoint if self._state == "running" else self._state
@@ -372,10 +238,10 @@ class OSSEmulator:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _require_running(self) -> EmulatorApp:
-        if self._state != "running" or self._app is None:
+    def _require_running(self) -> EmulatorState:
+        if self._state != "running" or self._service is None:
             raise RuntimeError(f"the OSSEmulator is not running ({self._state})")
-        return self._app
+        return self._service
 
     def start(self) -> OSSEmulator:
         """Start serving (blocks until the socket accepts connections).
@@ -383,8 +249,6 @@ class OSSEmulator:
         Raises:
             RuntimeError: if it was already started (an emulator runs once).
         """
-        import uvicorn
-
         with self._lock:
             if self._state != "unopened":
                 raise RuntimeError(f"the OSSEmulator cannot be started again ({self._state})")
@@ -396,83 +260,33 @@ class OSSEmulator:
             else:
                 self._data_dir = self._data_dir_arg.resolve()
             store = Store(self._data_dir)
-            self._app = EmulatorApp(
+            self._service = EmulatorState(
                 store,
                 region=self.region,
                 credentials=self._credentials,
-                faults=self.faults,
                 callback_timeout=self._callback_timeout,
                 max_records=self._max_records,
                 etag=self.etag,
             )
             for name in self._initial_buckets:
                 store.create_bucket(name)
-            self._sock = _bind(self.host, self._requested_port)
-            self._port = self._sock.getsockname()[1]
+            self._server = ServerThread(
+                EmulatorApp(self._service, self.faults),
+                host=self.host,
+                port=self._requested_port,
+                tls=self.tls,
+                header_timeout=self.header_timeout,
+            )
+            self._port = self._server.bind()
             host = f"[{self.host}]" if ":" in self.host else self.host
-            self._app.endpoint = f"{'https' if self.tls else 'http'}://{host}:{self._port}"
-            ssl_options: dict[str, Any] = {}
-            if self.tls:
-                self._tls_dir = tempfile.mkdtemp(prefix="oss-emulator-tls-")
-                self._ca_pem, cert_file, key_file = write_tls_files(Path(self._tls_dir),
-                                                                    self.host)
-                ssl_options = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
-
-            class _Server(uvicorn.Server):
-                @contextlib.contextmanager
-                def capture_signals(self) -> Iterator[None]:
-                    yield  # the owner of the process handles signals, not the emulator
-
-            config = uvicorn.Config(
-                self._app,
-                http=_guarded_protocol(_http_impl(), self.header_timeout),
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                date_header=False,
-                timeout_keep_alive=30,
-                timeout_graceful_shutdown=3,
-                **ssl_options,
-            )
-            self._server = _Server(config)
-            self._thread = threading.Thread(
-                target=self._run, name=f"oss-emulator-{self._port}", daemon=True
-            )
-            self._thread.start()
-            deadline = time.monotonic() + 30
-            while not self._server.started:
-                if not self._thread.is_alive():
-                    raise RuntimeError("the OSS emulator server failed to start")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the OSS emulator server did not start within 30 s")
-                time.sleep(0.002)
+            self._service.endpoint = f"{'https' if self.tls else 'http'}://{host}:{self._port}"
+            self._server.start()
         except BaseException:
             self._state = "running"  # let stop() clean up what was made
             self.stop()
             raise
         self._state = "running"
         return self
-
-    def _run(self) -> None:
-        loop = _new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve())
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
-
-    async def _serve(self) -> None:
-        assert self._app is not None and self._sock is not None
-        try:
-            await self._server.serve(sockets=[self._sock])
-        finally:
-            await self._app.aclose()
 
     def stop(self) -> None:
         """Stop serving, wait for the server thread, and remove a temporary data dir.
@@ -485,20 +299,11 @@ class OSSEmulator:
                 return
             self._state = "stopping"
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            if self._thread.is_alive():  # pragma: no cover - a stuck handler
-                self._server.force_exit = True
-                self._thread.join(timeout=10)
-        if self._sock is not None:
-            self._sock.close()
-        if self._tls_dir is not None:
-            shutil.rmtree(self._tls_dir, ignore_errors=True)
+            self._server.stop()
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
-        elif self._app is not None:
-            self._app.store.drop_spares()  # a data dir that stays: no dead bytes left in it
+        elif self._service is not None:
+            self._service.store.drop_spares()  # a data dir that stays: no dead bytes left in it
         self._state = "stopped"
 
     def __enter__(self) -> OSSEmulator:
@@ -532,8 +337,8 @@ class OSSEmulator:
         Raises:
             ValueError: for a name OSS would reject (3-63 of ``a-z0-9-``, no edge hyphen).
         """
-        app = self._require_running()
-        app.store.create_bucket(_check_bucket_name(name))
+        service = self._require_running()
+        service.store.create_bucket(_check_bucket_name(name))
         return name
 
     def add_credentials(
@@ -593,12 +398,12 @@ class OSSEmulator:
     def reset(self) -> None:
         """Forget everything a test did: objects, uploads, buckets (the constructor's are
         re-created), faults, records, extra credentials, and the callback timeout."""
-        app = self._require_running()
-        app.store.reset()
+        service = self._require_running()
+        service.store.reset()
         for name in self._initial_buckets:
-            app.store.create_bucket(name)
+            service.store.create_bucket(name)
         self.faults.clear()
-        app.clear_records()
+        service.clear_records()
         self._credentials.clear()
         self._credentials.add(self.access_key_id, self._access_key_secret)
         self.callback_timeout = self._initial_callback_timeout
@@ -619,11 +424,11 @@ class OSSEmulator:
         Raises:
             KeyError: if there is no such object.
         """
-        app = self._require_running()
-        obj = app.store.get(bucket, key)
+        service = self._require_running()
+        obj = service.store.get(bucket, key)
         if obj is None:
             raise KeyError(f"{bucket}/{key}")
-        return b"".join(app.store.read(obj))
+        return b"".join(service.store.read(obj))
 
     def object_path(self, bucket: str, key: str) -> Path | None:
         """Where the object's bytes are on disk (always inside :attr:`data_dir`), or ``None``.
@@ -631,9 +436,9 @@ class OSSEmulator:
         A completed multipart object is kept as its parts' files; the first call assembles
         them into one file (a copy, deleted with the object).
         """
-        app = self._require_running()
-        obj = app.store.get(bucket, key)
-        return None if obj is None else app.store.materialize(obj)
+        service = self._require_running()
+        obj = service.store.get(bucket, key)
+        return None if obj is None else service.store.materialize(obj)
 
     def list_keys(self, bucket: str) -> list[str]:
         """Every key in the bucket, sorted."""

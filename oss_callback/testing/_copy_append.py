@@ -1,4 +1,4 @@
-"""The emulator's CopyObject, UploadPartCopy and AppendObject (dispatched from ``_app``).
+"""The emulator's CopyObject, UploadPartCopy and AppendObject: objects made from stored bytes.
 
 As on OSS (API reference: CopyObject, UploadPartCopy, AppendObject):
 
@@ -27,21 +27,32 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from oss_callback.protocol._crc64 import crc64, crc64_combine
 from oss_callback.testing._errors import OSSErrorResponse
-from oss_callback.testing._store import Store, StoredObject
+from oss_callback.testing._multipart import part_number, upload_or_404
+from oss_callback.testing._request import Request, Response, bucket_key
+from oss_callback.testing._routing import check_key
+from oss_callback.testing._state import EmulatorState
+from oss_callback.testing._store import Store
+from oss_callback.testing._stored import StoredObject
+from oss_callback.testing._uploads import (
+    MAX_PUT_SIZE,
+    check_overwrite,
+    check_size,
+    etag_digest,
+    expected_md5,
+    receive_body,
+    upload_metadata,
+)
+from oss_callback.testing._wire import XML_CONTENT_TYPE, invalid_argument, iso
 
-if TYPE_CHECKING:
-    from oss_callback.testing._app import EmulatorApp, Request, Response
-
-__all__ = ["EXTRA_HANDLERS", "MAX_COPY_SIZE"]
+__all__ = ["HANDLERS", "MAX_COPY_SIZE"]
 
 #: CopyObject's limit; larger objects are copied with UploadPartCopy.
 MAX_COPY_SIZE = 1024**3
@@ -49,8 +60,6 @@ MAX_APPEND_SIZE = 5 * 1024**3
 _CHUNK = 1 << 20
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d+)\s*-\s*(\d+)\s*")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
-
-Handler = Callable[["EmulatorApp", "Request"], Awaitable["Response"]]
 
 
 def _bad_source(value: str) -> OSSErrorResponse:
@@ -62,7 +71,7 @@ def _bad_source(value: str) -> OSSErrorResponse:
     )
 
 
-def _source(app: EmulatorApp, req: Request) -> tuple[StoredObject, bool]:
+def _source(state: EmulatorState, req: Request) -> tuple[StoredObject, bool]:
     """The object ``x-oss-copy-source`` names, and whether its conditions answer 304 Not
     Modified (412 is raised)."""
     raw = req.headers.get("x-oss-copy-source", "")
@@ -74,18 +83,18 @@ def _source(app: EmulatorApp, req: Request) -> tuple[StoredObject, bool]:
         raise _bad_source(raw) from None
     if not _BUCKET.fullmatch(bucket) or not key:
         raise _bad_source(raw)
-    app._check_key(key)
+    check_key(key)
     version = parse_qs(query).get("versionId")
     if version and version[0] != "null":
         raise OSSErrorResponse(
             404, "NoSuchVersion", "The specified version does not exist.",
             [("VersionId", version[0])],
         )
-    if not app.store.bucket_exists(bucket):
+    if not state.store.bucket_exists(bucket):
         raise OSSErrorResponse(
             404, "NoSuchBucket", "The specified bucket does not exist.", [("BucketName", bucket)]
         )
-    obj = app.store.get(bucket, key)
+    obj = state.store.get(bucket, key)
     if obj is None:
         raise OSSErrorResponse(
             404, "NoSuchKey", "The specified key does not exist.", [("Key", key)]
@@ -175,25 +184,19 @@ async def _in_thread(fn: Callable[[], tuple[Path, bytes | None, int]],
         ) from None
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
 def _copy_result(root: str, etag: str, modified: float) -> bytes:
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>\n'
         f"  <ETag>&quot;{etag}&quot;</ETag>\n"
-        f"  <LastModified>{_iso(modified)}</LastModified>\n"
+        f"  <LastModified>{iso(modified)}</LastModified>\n"
         f"</{root}>\n"
     ).encode()
 
 
-async def copy_object(app: EmulatorApp, req: Request) -> Response:
+async def copy_object(state: EmulatorState, req: Request) -> Response:
     """CopyObject: ``PUT /key`` with ``x-oss-copy-source``."""
-    from oss_callback.testing._app import XML_CONTENT_TYPE, Response
-
-    bucket, key = app._bucket_key(req)
-    src, not_modified = _source(app, req)
+    bucket, key = bucket_key(req)
+    src, not_modified = _source(state, req)
     if not_modified:
         return Response(status=304, headers=[("ETag", f'"{src.etag}"')])
     directive = req.headers.get("x-oss-metadata-directive", "COPY").strip().upper() or "COPY"
@@ -209,14 +212,14 @@ async def copy_object(app: EmulatorApp, req: Request) -> Response:
             "The source object is larger than CopyObject allows; use UploadPartCopy.",
             [("ProposedSize", str(src.size)), ("MaxSizeAllowed", str(MAX_COPY_SIZE))],
         )
-    app._check_overwrite(req, bucket, key)
+    check_overwrite(state, req, bucket, key)
     if same or directive == "REPLACE":
-        content_type, metadata, stored = app._upload_metadata(key, req.headers)
+        content_type, metadata, stored = upload_metadata(key, req.headers)
     else:
         content_type, metadata, stored = src.content_type, dict(src.metadata), dict(src.headers)
     if same:
         try:  # only the metadata changes: the bytes (and their files) stay as they are
-            obj = app.store.update_metadata(
+            obj = state.store.update_metadata(
                 src, content_type=content_type, metadata=metadata, headers=stored,
                 last_modified=time.time(),
             )
@@ -225,9 +228,9 @@ async def copy_object(app: EmulatorApp, req: Request) -> Response:
                 404, "NoSuchKey", "The specified key does not exist.", [("Key", key)]
             ) from None
     else:
-        copy = functools.partial(_copy_range, app.store, src, 0, src.size, False)
+        copy = functools.partial(_copy_range, state.store, src, 0, src.size, False)
         temp, _, crc = await _in_thread(copy, src)
-        obj = app.store.commit_object(
+        obj = state.store.commit_object(
             bucket=bucket, key=key, temp=temp, size=src.size, etag=src.etag, crc=crc,
             content_md5=src.content_md5, content_type=content_type, metadata=metadata,
             headers=stored,
@@ -239,25 +242,11 @@ async def copy_object(app: EmulatorApp, req: Request) -> Response:
     return Response(status=200, headers=headers, body=body)
 
 
-async def upload_part_copy(app: EmulatorApp, req: Request) -> Response:
+async def upload_part_copy(state: EmulatorState, req: Request) -> Response:
     """UploadPartCopy: ``PUT /key?partNumber=N&uploadId=ID`` with ``x-oss-copy-source``."""
-    from oss_callback.testing._app import (
-        MAX_PART_NUMBER,
-        XML_CONTENT_TYPE,
-        Response,
-        _invalid_argument,
-    )
-
-    raw_number = req.q.get("partNumber", "")
-    if not (raw_number.isascii() and raw_number.isdigit()) or not (
-        1 <= int(raw_number) <= MAX_PART_NUMBER
-    ):
-        raise _invalid_argument(
-            "Part number must be an integer between 1 and 10000, inclusive.",
-            "partNumber", raw_number,
-        )
-    upload = app._upload_or_404(req)
-    src, not_modified = _source(app, req)
+    number = part_number(req)
+    upload = upload_or_404(state, req)
+    src, not_modified = _source(state, req)
     if not_modified:
         return Response(status=304, headers=[("ETag", f'"{src.etag}"')])
     start, length = 0, src.size
@@ -265,7 +254,7 @@ async def upload_part_copy(app: EmulatorApp, req: Request) -> Response:
     if raw_range is not None:
         match = _RANGE.fullmatch(raw_range)
         if match is None or int(match[2]) < int(match[1]):
-            raise _invalid_argument(
+            raise invalid_argument(
                 "The x-oss-copy-source-range must be of the form bytes=first-last.",
                 "x-oss-copy-source-range", raw_range,
             )
@@ -276,12 +265,12 @@ async def upload_part_copy(app: EmulatorApp, req: Request) -> Response:
                 [("RangeRequested", raw_range.strip()), ("ActualObjectSize", str(src.size))],
             )
         start, length = first, last - first + 1
-    copy = functools.partial(_copy_range, app.store, src, start, length,
-                             app.etag_mode == "md5")
+    copy = functools.partial(_copy_range, state.store, src, start, length,
+                             state.etag_mode == "md5")
     temp, md5, crc = await _in_thread(copy, src)
     try:
-        part = app.store.commit_part(
-            upload, int(raw_number), temp, length, app._etag_digest(md5, crc, length), crc
+        part = state.store.commit_part(
+            upload, number, temp, length, etag_digest(md5, crc, length), crc
         )
     except FileNotFoundError:
         raise OSSErrorResponse(
@@ -312,43 +301,41 @@ def _check_appendable(current: StoredObject | None, position: int) -> None:
         raise _position_error(length)
 
 
-async def append_object(app: EmulatorApp, req: Request) -> Response:
+async def append_object(state: EmulatorState, req: Request) -> Response:
     """AppendObject: ``POST /key?append&position=N``."""
-    from oss_callback.testing._app import MAX_PUT_SIZE, Response, _invalid_argument
-
-    bucket, key = app._bucket_key(req)
+    bucket, key = bucket_key(req)
     raw = req.q.get("position", "")
     if not (raw.isascii() and raw.isdigit()):
-        raise _invalid_argument("Position must be a non-negative integer.", "position", raw)
+        raise invalid_argument("Position must be a non-negative integer.", "position", raw)
     position = int(raw)
-    current = app.store.get(bucket, key)
+    current = state.store.get(bucket, key)
     _check_appendable(current, position)
-    expected_md5 = app._expected_md5(req.headers)
-    declared = app._check_size(req.headers, MAX_PUT_SIZE)
+    md5_given = expected_md5(req.headers)
+    declared = check_size(req.headers, MAX_PUT_SIZE)
     if declared is not None and position + declared > MAX_APPEND_SIZE:
         raise OSSErrorResponse(
             400, "EntityTooLarge", "An appendable object can be at most 5 GB.",
             [("ProposedSize", str(position + declared)),
              ("MaxSizeAllowed", str(MAX_APPEND_SIZE))],
         )
-    temp, size, md5, crc = await app._receive_body(req, expected_md5, declared)
+    temp, size, md5, crc = await receive_body(state, req, md5_given, declared)
     if size == 0 and current is not None:
         temp.unlink(missing_ok=True)  # an empty append changes nothing
         obj = current
     else:
         if current is None or current.size == 0:
             whole, whole_md5 = temp, md5
-            meta = app._upload_metadata(key, req.headers)
+            meta = upload_metadata(key, req.headers)
         else:
             # the old bytes, then the appended ones, into a new file (a GET reading the
             # old one goes on undisturbed, as on OSS)
-            join = functools.partial(_copy_range, app.store, current, 0, current.size,
+            join = functools.partial(_copy_range, state.store, current, 0, current.size,
                                      md5 is not None, tail=temp)
             try:
                 whole, whole_md5, _ = await asyncio.get_running_loop().run_in_executor(
                     None, join)
             except FileNotFoundError:  # replaced meanwhile: the position no longer holds
-                latest = app.store.get(bucket, key)
+                latest = state.store.get(bucket, key)
                 _check_appendable(latest, position)
                 raise _position_error(0 if latest is None else latest.size) from None
             finally:
@@ -356,14 +343,14 @@ async def append_object(app: EmulatorApp, req: Request) -> Response:
             meta = (current.content_type, dict(current.metadata), dict(current.headers))
         total = position + size
         whole_crc = crc64_combine(0 if current is None else current.crc64, crc, size)
-        latest = app.store.get(bucket, key)
+        latest = state.store.get(bucket, key)
         if latest is not current:  # another append (or a put) got there first
             whole.unlink(missing_ok=True)
             _check_appendable(latest, position)
             raise _position_error(0 if latest is None else latest.size)
-        obj = app.store.commit_object(
+        obj = state.store.commit_object(
             bucket=bucket, key=key, temp=whole, size=total,
-            etag=app._etag_digest(whole_md5, whole_crc, total).hex().upper(), crc=whole_crc,
+            etag=etag_digest(whole_md5, whole_crc, total).hex().upper(), crc=whole_crc,
             content_md5=None, content_type=meta[0], metadata=meta[1], headers=meta[2],
             object_type="Appendable",
         )
@@ -372,7 +359,7 @@ async def append_object(app: EmulatorApp, req: Request) -> Response:
     return Response(status=200, headers=headers)
 
 
-EXTRA_HANDLERS: dict[str, Handler] = {
+HANDLERS = {
     "CopyObject": copy_object,
     "UploadPartCopy": upload_part_copy,
     "AppendObject": append_object,
