@@ -15,7 +15,7 @@ tuning buys, against the unpatched code in the same interleaved rounds.
   (:data:`oss_callback.client._body.FILE_CHUNK`, and the bodies' ``chunk_size`` defaults, which
   were bound when the module was imported).
 * ``checkpoint_every_part``: write the checkpoint (two fsyncs) after every part, as before
-  :data:`oss_callback.client._resumable.CHECKPOINT_INTERVAL` throttled it.
+  :data:`oss_callback.client._resume.CHECKPOINT_INTERVAL` throttled it.
 
 (uvloop is not a patch: the worker's ``"loop": "uvloop"`` runs the async case on it.)
 """
@@ -93,9 +93,9 @@ def _file_chunk(chunk: int) -> Callable[[], None]:
 
 
 def _checkpoint_every_part() -> None:
-    from oss_callback.client import _resumable
+    from oss_callback.client import _resume
 
-    _resumable.CHECKPOINT_INTERVAL = 0.0
+    _resume.CHECKPOINT_INTERVAL = 0.0
 
 
 PATCHES: dict[str, Callable[[], None]] = {

@@ -135,7 +135,7 @@ class DiscardServer:
     def __init__(self) -> None:
         import uvicorn
 
-        from oss_callback.testing._emulator import _bind, _http_impl, _new_event_loop
+        from oss_callback.testing._server import _bind, _http_impl, _new_event_loop
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] != "http":

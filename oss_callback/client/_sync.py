@@ -1,10 +1,11 @@
 """The synchronous facade: :class:`Client` and :class:`Bucket` over the async core.
 
 Each :class:`Client` (or :class:`Bucket` built directly) starts one event loop in a thread of
-its own (an :class:`anyio.from_thread.BlockingPortal`). Its :class:`AsyncClient`, and so the
-pooled :class:`httpx.AsyncClient`, is created inside that loop and lives there until
-:meth:`Client.close`. Every sync method runs the async method of the same name as a task in
-that loop and blocks the calling thread until it finishes, so:
+its own (a :class:`~oss_callback.client._portal.Portal`, over anyio's ``BlockingPortal``).
+Its :class:`AsyncClient`, and so the pooled :class:`httpx.AsyncClient`, is created inside
+that loop and lives there until :meth:`Client.close`. Every sync method runs the async
+method of the same name as a task in that loop and blocks the calling thread until it
+finishes, so:
 
 * the facade only delegates: same names, signatures, docstrings, results and exception
   objects as :class:`AsyncClient`/:class:`AsyncBucket`; no retries, validation or policy;
@@ -27,23 +28,23 @@ that loop and blocks the calling thread until it finishes, so:
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import os
-import threading
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, Literal, ParamSpec, TypeVar, overload
+from typing import IO, Any, Literal, TypeVar, overload
 
 import anyio
-import anyio.from_thread
 import httpx
 
 from oss_callback.client._body import ProgressFn
-from oss_callback.client._client import DEFAULT_GET_MAX_SIZE, AsyncBucket, AsyncClient
-from oss_callback.client._engine import HttpEngine, loop_options
-from oss_callback.client._operations import ObjectLister, SyncObjectIterator
+from oss_callback.client._client import AsyncBucket, AsyncClient
+from oss_callback.client._data import Data
+from oss_callback.client._engine import HttpEngine
+from oss_callback.client._listing import ObjectLister, SyncObjectIterator
+from oss_callback.client._objects import DEFAULT_GET_MAX_SIZE
+from oss_callback.client._portal import Portal
 from oss_callback.client._post_policy import PostPolicy
 from oss_callback.client._retry import RetryPolicy
 from oss_callback.protocol._callback import Callback
@@ -62,16 +63,11 @@ from oss_callback.protocol._models import (
     PutObjectResult,
     UploadPartResult,
 )
+from oss_callback.protocol._signing import SignatureVersion
 
 __all__ = ["Bucket", "Client"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: How long close() lets cancelled in-flight calls clean up before closing the pool anyway
-#: (the core bounds its own shielded cleanup well below this).
-_CLOSE_GRACE = 60.0
 
 
 def _same_doc(async_method: Callable[..., Any]) -> Callable[[F], F]:
@@ -82,202 +78,6 @@ def _same_doc(async_method: Callable[..., Any]) -> Callable[[F], F]:
         return method
 
     return apply
-
-
-class _Raised:
-    """A ``BaseException`` (not cancellation) raised in the loop, carried to the caller.
-
-    Letting ``SystemExit``/``KeyboardInterrupt`` raised by user code on the loop thread (a
-    progress callback) escape the task would tear the portal's task group down.
-    """
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-class _Portal:
-    """One event loop in its own thread, the calls in flight on it, and its lifecycle.
-
-    Shared by a :class:`Client` and the buckets it hands out. Attributes named ``_loop_*``
-    are touched only on the loop thread; ``_closed`` is guarded by ``_lock``.
-    """
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-        self.pid = os.getpid()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._loop_closing = False
-        self._loop_scopes: set[anyio.CancelScope] = set()
-        self._loop_idle: anyio.Event | None = None
-        self._cm = anyio.from_thread.start_blocking_portal(
-            "asyncio", loop_options(), name="oss-callback-portal")
-        self._portal = self._cm.__enter__()
-        try:
-            self.loop_thread: int = self._portal.call(threading.get_ident)
-        except BaseException:
-            self._stop()
-            raise
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    # -------------------------------------------------------------- checks
-
-    def check(self, method: str) -> None:
-        """Refuse a call that can't work: closed, after fork, or from the loop thread."""
-        if os.getpid() != self.pid:
-            raise RuntimeError(
-                f"this {self.owner} was created in process {self.pid} and can't be used after "
-                f"os.fork(): create a new {self.owner} in the child process"
-            )
-        if self._closed:
-            raise RuntimeError(
-                f"this {self.owner} is closed; create a new one (or keep using it inside its "
-                "'with' block)"
-            )
-        if threading.get_ident() == self.loop_thread:
-            raise RuntimeError(
-                f"{method}() was called on the {self.owner}'s own event loop thread (from a "
-                "progress callback?), where it would deadlock; in async code use "
-                "AsyncClient/AsyncBucket and await their methods"
-            )
-
-    def _closed_while_running(self, method: str) -> RuntimeError:
-        return RuntimeError(
-            f"{method}() was cancelled because the {self.owner} was closed while it ran; "
-            f"close the {self.owner} only after the calls using it have returned"
-        )
-
-    # -------------------------------------------------------------- calls
-
-    def run_sync(self, fn: Callable[[], T]) -> T:
-        """Run a plain callable on the loop thread (to build objects that belong there)."""
-        self.check(getattr(fn, "__name__", "call"))
-        return self._portal.call(fn)
-
-    def call(
-        self, method: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Run ``fn(*args, **kwargs)`` as a task in the loop; block until it is done.
-
-        The task's result or exception (the very same object) is returned or raised. If this
-        thread is interrupted while waiting, the task is cancelled and its cancellation is
-        waited for before the interruption propagates.
-        """
-        self.check(method)
-        finished = threading.Event()
-        abandoned = threading.Event()
-        # The task's scope, once it runs: the task can start before start_task_soon()
-        # returns here, so an interruption in that window must still be able to cancel it.
-        spawned: list[anyio.CancelScope] = []
-
-        async def run() -> T | _Raised:
-            try:
-                if self._loop_closing:
-                    raise self._closed_while_running(method)
-                with anyio.CancelScope() as scope:
-                    spawned.append(scope)
-                    if abandoned.is_set():
-                        # The caller was interrupted while the task was being spawned.
-                        return _Raised(RuntimeError(f"{method}() was abandoned"))
-                    self._loop_scopes.add(scope)
-                    try:
-                        return await fn(*args, **kwargs)
-                    except Exception:
-                        raise
-                    except BaseException as exc:
-                        if isinstance(exc, anyio.get_cancelled_exc_class()):
-                            raise
-                        return _Raised(exc)
-                    finally:
-                        self._loop_scopes.discard(scope)
-                        if not self._loop_scopes and self._loop_idle is not None:
-                            self._loop_idle.set()
-                # Only reached when this scope was cancelled: by close(), or by a caller
-                # interrupted while spawning (nobody reads the outcome then).
-                if abandoned.is_set():
-                    return _Raised(RuntimeError(f"{method}() was abandoned"))
-                raise self._closed_while_running(method)
-            finally:
-                finished.set()
-
-        future: concurrent.futures.Future[T | _Raised] | None = None
-        try:
-            try:
-                future = self._portal.start_task_soon(run, name=f"oss_callback {method}")
-            except RuntimeError:
-                self.check(method)  # closed by another thread since the check above
-                raise
-            outcome = future.result()
-        except concurrent.futures.CancelledError:
-            if future is None or not future.cancelled():
-                raise
-            # Cancelled by the loop itself: only the portal shutting down does that.
-            raise self._closed_while_running(method) from None
-        except BaseException:
-            if future is None:
-                # Interrupted while spawning: the task may already be running (it appends
-                # its scope before it looks at `abandoned`, this thread sets `abandoned`
-                # before it looks at `spawned`, so one of the two sees the other).
-                abandoned.set()
-                if spawned:
-                    self._portal.call(spawned[0].cancel)
-                    finished.wait()
-            elif not future.done():
-                # Interrupted while waiting (Ctrl-C, an exception from a signal handler):
-                # cancel the task and wait until its cleanup is over, so nothing keeps
-                # running in the background. A second interruption stops the wait.
-                future.cancel()
-                finished.wait()
-            raise
-        if isinstance(outcome, _Raised):
-            raise outcome.exc
-        return outcome
-
-    # -------------------------------------------------------------- lifecycle
-
-    def close(self, aclose: Callable[[], Awaitable[None]]) -> None:
-        """Cancel calls in flight, ``await aclose()`` in the loop, stop the loop thread."""
-        if os.getpid() != self.pid:
-            # A forked child: the loop thread and its sockets exist only in the parent.
-            self._closed = True
-            return
-        if threading.get_ident() == self.loop_thread and not self._closed:
-            raise RuntimeError(
-                f"close() was called on the {self.owner}'s own event loop thread, where it "
-                "would deadlock; close it from the thread that uses it"
-            )
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            self._portal.call(self._loop_shutdown, aclose)
-        finally:
-            self._stop()
-
-    def abandon(self) -> None:
-        """Stop the loop thread without closing anything in it (failed construction)."""
-        with self._lock:
-            self._closed = True
-        self._stop()
-
-    def _stop(self) -> None:
-        self._cm.__exit__(None, None, None)  # stops the portal and joins its thread
-
-    async def _loop_shutdown(self, aclose: Callable[[], Awaitable[None]]) -> None:
-        self._loop_closing = True
-        if self._loop_scopes:
-            self._loop_idle = anyio.Event()
-            for scope in list(self._loop_scopes):
-                scope.cancel()
-            with anyio.move_on_after(_CLOSE_GRACE, shield=True):
-                await self._loop_idle.wait()
-        await aclose()
 
 
 class Client:
@@ -323,7 +123,7 @@ class Client:
             child, or from the client's own event loop thread (a progress callback).
     """
 
-    _portal: _Portal
+    _portal: Portal
     _async: AsyncClient
     _warn_unclosed: bool
 
@@ -336,7 +136,7 @@ class Client:
         security_token: str | None = None,
         credentials_provider: CredentialsProvider | None = None,
         region: str | None = None,
-        signature_version: str = "v4",
+        signature_version: SignatureVersion = "v4",
         path_style: bool | None = None,
         timeout: httpx.Timeout | float | None = None,
         answer_timeout: float | None = None,
@@ -346,7 +146,7 @@ class Client:
         http_engine: HttpEngine = "httpx",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        portal = _Portal("Client")
+        portal = Portal("Client")
         try:
             # Built on the loop thread: the pooled httpx.AsyncClient belongs to that loop.
             async_client = portal.run_sync(functools.partial(
@@ -362,13 +162,13 @@ class Client:
             raise
         self._setup(portal, async_client, warn_unclosed=True)
 
-    def _setup(self, portal: _Portal, async_client: AsyncClient, *, warn_unclosed: bool) -> None:
+    def _setup(self, portal: Portal, async_client: AsyncClient, *, warn_unclosed: bool) -> None:
         self._portal = portal
         self._async = async_client
         self._warn_unclosed = warn_unclosed
 
     @classmethod
-    def _wrap(cls, portal: _Portal, async_client: AsyncClient) -> Client:
+    def _wrap(cls, portal: Portal, async_client: AsyncClient) -> Client:
         """The sync client of a :class:`Bucket` that owns its client (it warns, not this)."""
         client = cls.__new__(cls)
         client._setup(portal, async_client, warn_unclosed=False)
@@ -435,7 +235,7 @@ class Client:
 
     def __del__(self) -> None:
         # Only a warning: no I/O, no joining threads from whatever thread runs the GC.
-        portal: _Portal | None = getattr(self, "_portal", None)
+        portal: Portal | None = getattr(self, "_portal", None)
         if (
             portal is not None
             and getattr(self, "_warn_unclosed", False)
@@ -476,7 +276,7 @@ class Bucket:
         **client_kwargs: Any,
     ) -> None:
         if client is None:
-            portal = _Portal("Bucket")
+            portal = Portal("Bucket")
             try:
                 async_bucket = portal.run_sync(functools.partial(
                     AsyncBucket, name, endpoint, access_key_id, access_key_secret,
@@ -530,7 +330,7 @@ class Bucket:
         self.close()
 
     def __del__(self) -> None:
-        portal: _Portal | None = getattr(self, "_portal", None)
+        portal: Portal | None = getattr(self, "_portal", None)
         if (
             portal is not None
             and getattr(self, "_owns_client", False)
@@ -549,7 +349,7 @@ class Bucket:
     def put_object(
         self,
         key: str,
-        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        data: Data | None = None,
         *,
         file: str | os.PathLike[str] | None = None,
         callback: Callback | None = None,
@@ -779,7 +579,7 @@ class Bucket:
         self,
         key: str,
         position: int,
-        data: bytes | str | IO[bytes] | Iterable[bytes] | Any,
+        data: Data,
         *,
         headers: Mapping[str, str] | None = None,
         init_crc: int | None = None,

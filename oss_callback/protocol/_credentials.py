@@ -2,7 +2,8 @@
 
 Also the error raised when a credentials provider fails (:class:`CredentialsError`) and the
 shape of a provider (:class:`CredentialsProvider`): see :mod:`oss_callback.client._providers` for
-the providers shipped, and :class:`~oss_callback.client._http.Session` for how they are asked.
+the providers shipped, and :mod:`oss_callback.client._credentials_cache` for how and when they
+are asked.
 """
 
 from __future__ import annotations

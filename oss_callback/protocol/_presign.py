@@ -31,6 +31,7 @@ from oss_callback.protocol._credentials import Credentials
 from oss_callback.protocol._endpoint import Endpoint, validate_key
 from oss_callback.protocol._signing import (
     V4_ALGORITHM,
+    SignatureVersion,
     format_v4_date,
     v1_signature,
     v1_string_to_sign,
@@ -140,7 +141,7 @@ def presign_url(
     credentials: Credentials,
     now: datetime,
     endpoint: Endpoint,
-    signature_version: str,
+    signature_version: SignatureVersion,
     region: str | None,
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,

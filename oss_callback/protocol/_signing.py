@@ -18,6 +18,7 @@ import hmac
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from datetime import datetime, timezone
 from email.utils import format_datetime
+from typing import Literal
 from urllib.parse import quote
 
 from oss_callback.protocol._credentials import Credentials
@@ -25,6 +26,7 @@ from oss_callback.protocol._credentials import Credentials
 __all__ = [
     "V1_SUBRESOURCES",
     "V4_ALGORITHM",
+    "SignatureVersion",
     "format_v1_date",
     "format_v4_date",
     "sign_v1",
@@ -37,6 +39,10 @@ __all__ = [
     "v4_signature",
     "v4_string_to_sign",
 ]
+
+#: How a client signs: ``"v4"`` (OSS4-HMAC-SHA256, the default; needs the region) or
+#: ``"v1"`` (HMAC-SHA1).
+SignatureVersion = Literal["v1", "v4"]
 
 V4_ALGORITHM = "OSS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
