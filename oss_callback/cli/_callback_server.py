@@ -1,7 +1,7 @@
 """``oss-callback callback-server``: the reference upload-callback server.
 
 The code between the two ``README`` marker comments below is, character for character, the
-FastAPI block of README.md's "Receiving callbacks" section (tests/test_callback_server.py
+FastAPI block of README.md's "Receiving callbacks" section (tests/cli/test_callback_server.py
 checks it, and runs the README's copy against the emulator): what the command serves is
 what the README shows. Below the block: the command's plumbing (its options become a
 verifier and a bucket; uvicorn serves the app).
@@ -94,7 +94,7 @@ from contextlib import contextmanager, suppress
 
 import uvicorn
 
-from oss_callback.cli._main import UsageError
+from oss_callback.cli._common import UsageError
 from oss_callback.protocol._errors import OSSError
 
 __all__ = ["create_app", "serve"]

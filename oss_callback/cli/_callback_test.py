@@ -1,7 +1,7 @@
 """``oss-callback callback-test URL``: send your callback server the POST OSS would send,
 and say what OSS would answer the uploader.
 
-The callback goes through the emulator's own sender (:mod:`oss_callback.testing._callbacks`):
+The callback goes through the emulator's own sender (:mod:`oss_callback.testing._callback_send`):
 the ``x-oss-callback`` header an upload with this :class:`~oss_callback.Callback` carries is
 parsed and checked as OSS does, the body template is filled in with the system variables of
 a made-up upload, the POST is signed MD5withRSA, and it is judged by OSS's rules: 5 s for
@@ -37,14 +37,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from oss_callback.cli._main import EXIT_CALLBACK_FAILED, EXIT_OK, UsageError, _pairs, parse_size
+from oss_callback.cli._common import EXIT_CALLBACK_FAILED, EXIT_OK, UsageError, pairs, parse_size
 from oss_callback.protocol._callback import FORM_BODY_TYPE, JSON_BODY_TYPE, Callback
 from oss_callback.protocol._options import guess_content_type
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from oss_callback.testing._callbacks import CallbackConfig, CallbackOutcome
+    from oss_callback.testing._callback_send import CallbackOutcome
+    from oss_callback.testing._callbacks import CallbackConfig
 
 __all__ = ["OSS_CALLBACK_TIMEOUT", "add_parser", "run_callback_test"]
 
@@ -105,6 +106,7 @@ def add_parser(sub: Any) -> None:
 def run_callback_test(args: argparse.Namespace) -> int:
     """Run ``oss-callback callback-test`` (``UsageError``: exit code 2)."""
     try:
+        from oss_callback.testing import _callback_send
         from oss_callback.testing import _callbacks as sender
         from oss_callback.testing._errors import OSSErrorResponse
     except ImportError as e:  # cryptography: the emulator's RSA signing
@@ -116,7 +118,11 @@ def run_callback_test(args: argparse.Namespace) -> int:
         if not args.key_file:
             raise UsageError("--print-key needs --key-file (otherwise each run signs with a "
                              "new key, and a printed one would be useless)")
-        sys.stdout.write(sender.public_key_pem(_load_key(args.key_file)).decode())
+        public = sender.public_key_pem(_load_key(args.key_file)).decode()
+        if args.json:
+            print(json.dumps({"ok": True, "exit_code": EXIT_OK, "public_key": public}))
+        else:
+            sys.stdout.write(public)
         return EXIT_OK
     if not args.url:
         raise UsageError("give the callback URL to test, e.g. "
@@ -131,12 +137,12 @@ def run_callback_test(args: argparse.Namespace) -> int:
     try:
         callback = Callback(
             args.url,
-            query=_pairs(args.query, "--query"),
+            query=pairs(args.query, "--query"),
             body=args.body or (DEFAULT_JSON_BODY if json_type else DEFAULT_FORM_BODY),
             body_type=JSON_BODY_TYPE if json_type else FORM_BODY_TYPE,
             host=args.host,
             sni=False if args.no_sni else None,
-            variables=_pairs(args.var, "--var"),
+            variables=pairs(args.var, "--var"),
         )
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
@@ -157,13 +163,16 @@ def run_callback_test(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"can't serve the public key on 127.0.0.1:{args.key_port}: {e}") from None
     with key_server:
-        outcomes = _send(sender, config, body, key_server.url, key)
+        outcomes = _send(_callback_send, config, body, key_server.url, key)
     report = _report(callback, config, system, body, outcomes, key_server, pem, args)
+    code = EXIT_OK if report["ok"] else EXIT_CALLBACK_FAILED
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
+        if not report["ok"]:  # as every command's --json document: ok false, then an error
+            report["error"] = report["uploader"]["message"]
+        print(json.dumps({**report, "exit_code": code}, ensure_ascii=False))
     else:
         _print_report(report)
-    return EXIT_OK if report["ok"] else EXIT_CALLBACK_FAILED
+    return code
 
 
 # --------------------------------------------------------------------------- pieces

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from oss_callback.cli._progress import ProgressDisplay
 from oss_callback.client._client import AsyncClient
 from oss_callback.protocol._callback import Callback
 from oss_callback.protocol._crc64 import CRC64
@@ -57,10 +58,8 @@ class _Out:
         else:
             print(f"  {text}", flush=True)
 
-    def progress(self, total: int) -> Any:
-        from oss_callback.cli._main import _Progress
-
-        return _Progress("  uploading", sys.stdout, quiet=False)
+    def progress(self) -> ProgressDisplay:
+        return ProgressDisplay("  uploading", sys.stdout, quiet=False)
 
 
 def run_demo() -> int:
@@ -141,7 +140,7 @@ async def _upload(out: _Out, emu: Any, server_url: str, path: Path, crc: int,
         callback = Callback(server_url + "/oss-callback", body=body, variables={"x:uid": "42"})
         out.step(f"resumable_upload -> oss://{BUCKET}/{KEY}, 4 parts in flight, callback on "
                  "CompleteMultipartUpload")
-        with out.progress(FILE_SIZE) as progress:
+        with out.progress() as progress:
             result = await bucket.resumable_upload(
                 KEY, path, callback=callback, part_size=PART_SIZE, concurrency=4,
                 disable_checkpoint=True, progress=progress,
