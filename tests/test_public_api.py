@@ -66,6 +66,7 @@ def test_error_tree() -> None:
     )
 
     assert issubclass(CallbackError, ServiceError)
+    cls: type[Exception]
     for cls in (ServiceError, RequestError, ClientError):
         assert issubclass(cls, OSSError)
     for cls in (InconsistentError, CheckpointError, FileChangedError, ResponseError,

@@ -4,7 +4,7 @@ The only edits made to each example: the cloud endpoint becomes the emulator's (
 credentials come from the environment, as the examples expect), the callback URL becomes a
 local receiver's, and the proxy and CA of the HTTP example become a local proxy's and the
 emulator's. The receiving example (the reference callback server's code) is checked and run
-in tests/test_callback_server.py.
+in tests/cli/test_callback_server.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers import form_fields
+from support.helpers import form_fields
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CLOUD_ENDPOINT = "https://oss-cn-hangzhou.aliyuncs.com"
@@ -44,8 +44,8 @@ def run_script(code: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    # + Credentials (tests/test_credentials_readme.py), Receiving callbacks (two blocks,
-    # tests/test_callback_server.py)
+    # + Credentials (tests/client/test_credentials_readme.py), Receiving callbacks (two blocks,
+    # tests/cli/test_callback_server.py)
     assert len(python_blocks()) == 10
     text = README.read_text()
     assert "oss-callback demo" in text and "bash .ci/run" in text
@@ -148,7 +148,7 @@ def test_respx_example_fails_when_a_request_is_not_mocked(tmp_path: Path) -> Non
 def test_http_client_example(tmp_path: Path) -> None:
     """The HTTP example, for real: an HTTPS emulator whose CA is the "company CA", reached
     through a CONNECT proxy, with the event hooks logging each request and response."""
-    from proxy_helpers import TestProxy
+    from support.proxy_helpers import TestProxy
 
     from oss_callback.testing import OSSEmulator
 

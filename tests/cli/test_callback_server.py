@@ -33,7 +33,7 @@ from oss_callback.server import CallbackVerifier
 from oss_callback.testing import OSSEmulator, ServeASGI
 from oss_callback.testing._callbacks import sign_callback
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 BODY = "bucket=${bucket}&object=${object}&size=${size}&etag=${etag}&x:uid=${x:uid}"
 REGION_MARKERS = (r'# --- README "Receiving callbacks": begin ---\n(.*?)'
@@ -168,7 +168,8 @@ def test_authentic_callbacks_not_about_the_bucket_are_refused(
     assert e.value.result.etag  # stored in *their* bucket; our server said no
     (outcome,) = oss_emulator.callbacks
     assert outcome.status == 400
-    assert json.loads(outcome.response_body) == {"Status": "Refused", "reason": "not_confirmed"}
+    assert json.loads(outcome.response_body) == {  # type: ignore[arg-type]
+        "Status": "Refused", "reason": "not_confirmed"}
 
     good = f"bucket=photos&object=cats%2Ftom.jpg&size=2048&etag={etag}"
     lies = [signed_post(oss_emulator, url, text.encode()) for text in (
@@ -252,7 +253,7 @@ def test_readme_snippet_runs_against_the_emulator(
                 srv.url + "/oss-callback", body=BODY, variables={"x:uid": "42"}))
     finally:
         namespace["bucket"].close()
-    assert result.callback_json()["Status"] == "OK"
+    assert result.callback_json()["Status"] == "OK"  # type: ignore[index]
     assert printed(capsys) == [f"stored oss://examplebucket/photos/cat.jpg size=6 "
                                f"etag={result.etag} x:uid=42 (confirmed)"]
     assert result.etag == "B1946AC92492D2347C6235B4D2611184"  # the README's printed line
@@ -360,7 +361,7 @@ def test_the_command_with_a_pinned_key_and_no_credentials(
         assert "set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET" in server.startup[1]
         assert server.startup[2].startswith("not storing callbacks")
         result = photos.put_object("k", b"xy", callback=Callback(server.url, body=BODY))
-        assert result.callback_json()["Status"] == "OK"
+        assert result.callback_json()["Status"] == "OK"  # type: ignore[index]
         assert server.line() == (f"accepted oss://photos/k size=2 etag={result.etag} x:uid= "
                                  "(signature only)")
     finally:

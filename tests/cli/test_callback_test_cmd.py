@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
-from tls_helpers import SniServer
+from support.tls_helpers import SniServer
 
 from oss_callback import Bucket
 from oss_callback.cli._main import main
@@ -313,7 +313,7 @@ def test_the_made_up_upload_is_stable_and_form_encoded(
 
 
 def test_readme_example(capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     (command,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S)
                   if b.startswith("oss-callback callback-test ")]
     argv = shlex.split(command.replace("\\\n", " "))

@@ -279,3 +279,89 @@ def test_abort_uploads_bad_duration_is_a_usage_error() -> None:
     proc = run("abort-uploads", "oss://b-1/", "--older-than", "7 years")
     assert proc.returncode == 2
     assert "invalid duration '7 years'" in proc.stderr
+
+
+# --------------------------------------------------------------------------- --version, --json
+
+
+def test_version_prints_the_package_version() -> None:
+    from oss_callback import __version__
+
+    proc = run("--version")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"oss-callback {__version__}\n", "")
+
+
+_BAD_JSON_RUNS = [
+    (["upload", "/no/such/file", "oss://b-1/k"], 2, "does not exist"),
+    (["upload", "{file}", "oss://nobucket"], 2, "oss://BUCKET/KEY"),
+    (["upload", "{file}", "oss://b-1/k", "--part-size", "1x"], 2, "invalid size '1x'"),
+    (["upload"], 2, "required: PATH"),
+    (["upload", "{file}", "oss://b-1/k", "--endpoint", "http://127.0.0.1:9"], 1, "ConnectError"),
+    (["abort-uploads", "s3://b-1/x"], 2, "oss://BUCKET/PREFIX"),
+    (["abort-uploads", "oss://b-1/", "--older-than", "7 years"], 2, "invalid duration"),
+    (["abort-uploads", "oss://b-1/x", "--endpoint", "http://127.0.0.1:9"], 1, "ConnectError"),
+    (["callback-test"], 2, "give the callback URL"),
+    (["callback-test", "http://127.0.0.1:9/cb", "--size", "lots"], 2, "invalid size"),
+    (["callback-test", "--print-key"], 2, "--print-key needs --key-file"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), _BAD_JSON_RUNS)
+def test_json_errors_are_one_document_on_stdout(tmp_path: Path, args: list[str], code: int,
+                                               message: str) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    env = {"OSS_ACCESS_KEY_ID": "id", "OSS_ACCESS_KEY_SECRET": "secret",
+           "OSS_ENDPOINT": "http://127.0.0.1:9", "OSS_REGION": "cn-hangzhou"}
+    proc = run(*[a.replace("{file}", str(src)) for a in args], "--json", env=env)
+    assert proc.returncode == code, proc
+    assert proc.stderr == ""
+    doc = json.loads(proc.stdout)  # one JSON document, nothing else
+    assert (doc["ok"], doc["exit_code"], doc["command"]) == (False, code, args[0])
+    assert message in doc["error"]
+    assert doc["type"] == ("UsageError" if code == 2 else "RequestError")
+    assert "secret" not in proc.stdout
+
+
+def test_json_error_from_oss_has_its_code_and_request_id(oss_emulator: Any,
+                                                         tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"hello")
+    proc = run("upload", str(src), "oss://no-such-bucket/k", "--json",
+               env=emu_env(oss_emulator))
+    assert proc.returncode == 1, proc
+    doc = json.loads(proc.stdout)
+    assert (doc["ok"], doc["exit_code"], doc["type"]) == (False, 1, "ServiceError")
+    assert (doc["status"], doc["code"]) == (404, "NoSuchBucket")
+    assert doc["request_id"] and "NoSuchBucket" in doc["error"]
+
+
+def test_json_documents_carry_the_exit_code(
+    oss_emulator: Any, callback_receiver: CallbackReceiver, tmp_path: Path
+) -> None:
+    oss_emulator.create_bucket("cli-bucket")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"hello")
+    env = emu_env(oss_emulator)
+    ok = run("upload", str(src), "oss://cli-bucket/k", "--json", env=env)
+    assert (ok.returncode, json.loads(ok.stdout)["exit_code"]) == (0, 0), ok.stderr
+
+    callback_receiver.respond(status=500)
+    failed = run("upload", str(src), "oss://cli-bucket/k2", "--callback-url",
+                 callback_receiver.url, "--json", env=env)
+    doc = json.loads(failed.stdout)
+    assert failed.returncode == doc["exit_code"] == 3, failed.stderr
+    assert (doc["ok"], doc["stored"]) == (False, True) and "500" in doc["error"]
+
+    tested = run("callback-test", callback_receiver.url + "/cb", "--json")
+    doc = json.loads(tested.stdout)
+    assert tested.returncode == doc["exit_code"] == 3, tested.stderr
+    assert (doc["ok"], doc["oss_status"]) == (False, 203) and doc["error"]
+
+    _start_uploads(oss_emulator, ["a.bin"])
+    oss_emulator.faults.add(operation="AbortMultipartUpload", status=403, code="AccessDenied",
+                            message="no", times=None)
+    aborted = run("abort-uploads", "oss://cli-bucket/", "--json", env=env)
+    doc = json.loads(aborted.stdout)
+    assert aborted.returncode == doc["exit_code"] == 1, aborted.stderr
+    assert doc["ok"] is False and doc["error"] == "1 of 1 abort(s) failed"

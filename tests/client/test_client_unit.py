@@ -376,9 +376,9 @@ async def test_bad_data_types_are_type_errors() -> None:
         async with make_client() as client:
             bucket = client.get_bucket("b-1")
             with pytest.raises(TypeError, match="data must be bytes"):
-                await bucket.put_object("k", 12345)
+                await bucket.put_object("k", 12345)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="binary mode"):
-                await bucket.put_object("k", io.StringIO("text"))
+                await bucket.put_object("k", io.StringIO("text"))  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="either data= or file="):
                 await bucket.put_object("k", b"x", file="/etc/hostname")
             with pytest.raises(FileNotFoundError, match="no such file"):

@@ -36,7 +36,7 @@ from oss_callback import (
     ServiceError,
     StaticCredentialsProvider,
 )
-from oss_callback.client._http import REFRESH_MARGIN
+from oss_callback.client._credentials_cache import REFRESH_MARGIN
 
 ENDPOINT = "http://127.0.0.1:9"  # never reached: the transport answers
 REGION = "cn-hangzhou"
@@ -172,9 +172,9 @@ def test_provider_is_exclusive_with_keys() -> None:
     for kw in ({"access_key_id": "ak"}, {"access_key_secret": "sk"},
                {"security_token": "tok"}):
         with pytest.raises(TypeError, match="not both"):
-            AsyncClient(ENDPOINT, region=REGION, credentials_provider=provider, **kw)
+            AsyncClient(ENDPOINT, region=REGION, credentials_provider=provider, **kw)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="not both"):
-            Client(ENDPOINT, region=REGION, credentials_provider=provider, **kw)
+            Client(ENDPOINT, region=REGION, credentials_provider=provider, **kw)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not both"):
         AsyncBucket("b-1", ENDPOINT, "ak", region=REGION, credentials_provider=provider)
     with pytest.raises(TypeError, match="get_credentials"):

@@ -25,7 +25,7 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from helpers import HTTPX_STOPPED_READ
+from support.helpers import HTTPX_STOPPED_READ
 
 from oss_callback import AsyncClient, Client, RequestError, RetryPolicy, ServiceError
 from oss_callback.protocol._crc64 import crc64

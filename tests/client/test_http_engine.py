@@ -612,4 +612,4 @@ def test_bodiless_requests_carry_no_body_framing(serve: Any, engine: str) -> Non
     for head in heads:
         assert header(head, "transfer-encoding") is None, head
     assert header(heads[0], "content-length") in (None, "0")
-    assert int(header(heads[2], "content-length") or 0) == dict(handler.requests)[heads[2]] > 0
+    assert int(header(heads[2], "content-length") or 0) == dict(handler.requests)[heads[2]] > 0  # type: ignore[attr-defined]

@@ -25,8 +25,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from facades import Api
-from helpers import HTTPX_STOPPED_READ
+from support.facades import Api
+from support.helpers import HTTPX_STOPPED_READ
 
 from oss_callback import (
     AsyncBucket,
@@ -39,7 +39,7 @@ from oss_callback import (
     RetryPolicy,
     ServiceError,
 )
-from oss_callback.client._client import DEFAULT_GET_MAX_SIZE
+from oss_callback.client._objects import DEFAULT_GET_MAX_SIZE
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.protocol._credentials import Credentials
 from oss_callback.protocol._endpoint import Endpoint, validate_bucket_name, validate_region

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from facades import Api
-from helpers import form_fields, json_body
+from support.facades import Api
+from support.helpers import form_fields, json_body
 
 from oss_callback import Callback, CallbackError, InconsistentError, ServiceError
 from oss_callback.testing import CallbackReceiver

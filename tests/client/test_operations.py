@@ -21,8 +21,8 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from emulator_helpers import error_code, oss_request
-from facades import Api
+from support.emulator_helpers import error_code, oss_request
+from support.facades import Api
 
 from oss_callback import (
     AppendObjectResult,
@@ -114,7 +114,7 @@ async def test_list_objects_errors_come_from_the_iteration(client: AsyncClient) 
         with pytest.raises(ValueError, match="max_keys"):
             missing.list_objects(max_keys=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="prefix"):
-        missing.list_objects(prefix=b"a")  # type: ignore[arg-type]
+        missing.list_objects(prefix=b"a")  # type: ignore[call-overload]
 
 
 async def test_breaking_out_early_fetches_no_more_and_leaves_nothing(
@@ -507,10 +507,10 @@ def test_emulator_copy_object_and_part_copy_answers(oss_emulator: OSSEmulator,
 
 def test_emulator_copy_object_size_limit(oss_emulator: OSSEmulator, oss_bucket: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from oss_callback.testing import _objects_extra
+    from oss_callback.testing import _copy_append
 
     oss_request(oss_emulator, "PUT", oss_bucket, "src", body=b"0123456789")
-    monkeypatch.setattr(_objects_extra, "MAX_COPY_SIZE", 9)
+    monkeypatch.setattr(_copy_append, "MAX_COPY_SIZE", 9)
     r = oss_request(oss_emulator, "PUT", oss_bucket, "dst",
                     headers={"x-oss-copy-source": f"/{oss_bucket}/src"})
     assert (r.status_code, error_code(r)) == (400, "EntityTooLarge")
@@ -566,7 +566,7 @@ def test_emulator_delete_multiple_objects_needs_content_md5(oss_emulator: OSSEmu
 async def test_readme_section_runs(bucket: AsyncBucket, oss_emulator: OSSEmulator) -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### Listing, copying, deleting", 1)[1]
     code = section.split("```py\n", 1)[1].split("```", 1)[0]
     await bucket.put_object("uploads/a.mp4", b"video", headers={"x-oss-meta-by": "me"})

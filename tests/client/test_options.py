@@ -18,8 +18,8 @@ from urllib.parse import parse_qsl
 
 import oss2
 import pytest
-from facades import Api
-from reliability_helpers import PART, open_api, records, write_file
+from support.facades import Api
+from support.reliability_helpers import PART, open_api, records, write_file
 
 from oss_callback.protocol._options import (
     ACLS,
@@ -262,7 +262,7 @@ async def test_resumable_upload_sends_the_options_key_first(
         assert completes["videos/clip.mp4"]["x-oss-object-acl"] == "public-read"
         assert "x-oss-object-acl" not in completes["videos/blob"]
     assert oss_emulator.get_object(BUCKET, "videos/clip.mp4") == data
-    assert oss_emulator.head_object(BUCKET, "videos/clip.mp4").content_type == "video/mp4"
+    assert oss_emulator.head_object(BUCKET, "videos/clip.mp4").content_type == "video/mp4"  # type: ignore[union-attr]
 
 
 async def test_initiate_multipart_upload_takes_the_options(

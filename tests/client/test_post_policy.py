@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import anyio
 import httpx
 import pytest
-from emulator_helpers import error_code
+from support.emulator_helpers import error_code
 
 from oss_callback import AsyncBucket, Bucket, Callback, PostPolicy
 from oss_callback.server import CallbackVerifier

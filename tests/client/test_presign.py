@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,8 +44,8 @@ import oss2
 import oss2.auth
 import oss2.credentials
 import pytest
-from emulator_helpers import error_code, error_field
-from helpers import form_fields
+from support.emulator_helpers import error_code, error_field
+from support.helpers import form_fields
 
 from oss_callback import AsyncClient, Callback
 from oss_callback.client._http import Session
@@ -72,11 +72,11 @@ CALLBACK = Callback("https://app.example.com/oss-callback", query={"src": "devic
 
 class _Frozen(datetime):
     @classmethod
-    def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+    def now(cls, tz: Any = None) -> Any:
         return NOW.astimezone(tz) if tz else NOW.replace(tzinfo=None)
 
     @classmethod
-    def utcnow(cls) -> Any:  # type: ignore[override]
+    def utcnow(cls) -> Any:
         return NOW.replace(tzinfo=None)
 
 
@@ -296,7 +296,8 @@ def test_protocol_vectors(version: str, key: str, when: int, expires: int, token
         credentials=Credentials(access_key_id="ak", access_key_secret="sk",
                                 security_token=token),
         now=datetime.fromtimestamp(when, timezone.utc), endpoint=Endpoint.parse(CLOUD),
-        signature_version=version, region="cn-hangzhou", headers=headers, params=params,
+        signature_version=version,  # type: ignore[arg-type]
+        region="cn-hangzhou", headers=headers, params=params,
     )
     assert _signature(url) == signature
     if version == "v4" and "abc" in headers:
@@ -378,7 +379,7 @@ def test_closed_bucket_refuses() -> None:
 def _client(emu: Any, version: str, creds: tuple[str, str, str | None] | None = None) -> Client:
     ak, secret, token = creds or (emu.access_key_id, emu.access_key_secret, None)
     return Client(emu.endpoint, ak, secret, security_token=token, region=emu.region,
-                  signature_version=version)
+                  signature_version=version)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -489,7 +490,7 @@ def _flip(signature: str) -> str:
     return ("0" if signature[0] != "0" else "1") + signature[1:]
 
 
-TAMPERS = {
+TAMPERS: dict[str, Callable[[str, str], str]] = {
     "changed key": lambda url, v: url.replace("/up/clip.mp4?", "/up/clip2.mp4?"),
     "changed expires": lambda url, v: _replace_param(
         url, "Expires" if v == "v1" else "x-oss-expires",
@@ -590,5 +591,5 @@ def test_v4_validity_outside_one_second_to_seven_days_is_refused(
     assert "&x-oss-expires=600&" in url
     r = http.put(url.replace("&x-oss-expires=600&", f"&x-oss-expires={expires}&"), content=b"x")
     assert (r.status_code, error_code(r)) == (403, "AccessDenied")  # before any signature check
-    assert "604800" in error_field(r, "Message")
+    assert "604800" in error_field(r, "Message")  # type: ignore[operator]
     assert oss_emulator.list_keys(oss_bucket) == []

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from facades import Api
-from reliability_helpers import (
+from support.facades import Api
+from support.reliability_helpers import (
     PART,
     MiB,
     assert_absent_or_identical,

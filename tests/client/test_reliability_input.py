@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-from facades import Api
-from helpers import HTTPX_STOPPED_READ
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import (
+from support.facades import Api
+from support.helpers import HTTPX_STOPPED_READ
+from support.reliability_helpers import (
     PART,
     LocalHTTPServer,
     MiB,
@@ -60,7 +60,7 @@ from oss_callback.client._checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from oss_callback.client._resumable import _headers_digest
+from oss_callback.client._resume import _headers_digest
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.protocol._options import upload_headers
 from oss_callback.testing import OSSEmulator
@@ -132,11 +132,11 @@ async def test_a_directory_fifo_or_missing_file_fails_before_any_request(
     for call in (lambda p: api.put_object("k", file=p),
                  lambda p: api.resumable_upload("k", p, checkpoint_file=tmp_path / "c.json")):
         with pytest.raises(IsADirectoryError, match="directory"):
-            await call(folder)
+            await call(folder)  # type: ignore[no-untyped-call]
         with pytest.raises(ValueError, match="not a regular file"):
-            await call(fifo)  # opening it would block forever
+            await call(fifo)  # type: ignore[no-untyped-call]  # opening it would block forever
         with pytest.raises(FileNotFoundError, match=r"missing\.bin"):
-            await call(missing)
+            await call(missing)  # type: ignore[no-untyped-call]
     assert not (tmp_path / "c.json").exists()
     assert_untouched(oss_emulator)
 
@@ -298,7 +298,7 @@ async def test_checkpoint_written_through_another_endpoint_is_used_not_refused(
     # endpoint string differed. Another endpoint may reach the same bucket (internal vs
     # public, accelerate, a CNAME, a proxy), so its upload id is now looked up here; this
     # one is unknown here, so the upload restarts cleanly (nothing aborted: there is nothing
-    # to abort; tests/test_resumable_endpoint.py resumes a live one).
+    # to abort; tests/client/test_resumable_endpoint.py resumes a live one).
     src = tmp_path / "src.bin"
     data = write_file(src, 3 * PART)
     ckpt = tmp_path / "ckpt.json"

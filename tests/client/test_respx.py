@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, quote, unquote
 import httpx
 import pytest
 import respx
-from facades import Api
+from support.facades import Api
 
 from oss_callback import (
     AsyncClient,

@@ -20,8 +20,8 @@ import httpx
 import oss2
 import pytest
 import requests
-from emulator_helpers import error_code, error_field
-from reliability_helpers import PART, assert_stored_exactly, open_api, records, write_file
+from support.emulator_helpers import error_code, error_field
+from support.reliability_helpers import PART, assert_stored_exactly, open_api, records, write_file
 
 from oss_callback import CheckpointError, ServiceError
 from oss_callback.client._checkpoint import default_checkpoint_path, legacy_checkpoint_path
@@ -279,7 +279,9 @@ class _LoopbackAdapter(requests.adapters.HTTPAdapter):
         super().__init__()
         self.port = port
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(  # type: ignore[override]
+        self, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
         assert request.url is not None
         parts = urlsplit(request.url)
         request.headers["Host"] = parts.netloc

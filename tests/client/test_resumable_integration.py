@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 import pytest
-from facades import Api
-from helpers import form_fields
+from support.facades import Api
+from support.helpers import form_fields
 
 from oss_callback import (
     AsyncBucket,
@@ -88,10 +88,10 @@ async def test_multipart_with_callback(
 async def test_checkpoint_writes_are_throttled_but_a_failure_flushes_every_part(
     api: Api, oss_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oss_callback.client import _resumable
+    from oss_callback.client import _resume as _resumable  # where the checkpoint is written
 
     writes: list[int] = []
-    real_write = _resumable.write_checkpoint
+    real_write = _resumable.write_checkpoint  # type: ignore[attr-defined]
 
     def counting_write(path: str, ckpt: Any) -> None:
         writes.append(len(ckpt.parts))

@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 import attrs
 import pytest
-from facades import Api
-from reliability_helpers import (
+from support.facades import Api
+from support.reliability_helpers import (
     PART,
     assert_stored_exactly,
     await_until,
@@ -245,7 +245,7 @@ async def test_lost_complete_answer_is_recovered_and_says_so(
     assert result.callback_status is None and result.callback_body is None
     # the multipart ETag: MD5 of the parts' MD5s, "-N"
     expected = hashlib.md5(b"".join(part_md5s(data))).hexdigest().upper() + "-5"
-    assert result.etag == expected == oss_emulator.head_object(BUCKET, "lost.bin").etag
+    assert result.etag == expected == oss_emulator.head_object(BUCKET, "lost.bin").etag  # type: ignore[union-attr]
     assert result.size == len(data)
     sent = {r.operation for r in oss_emulator.requests[mark:]}
     assert sent.isdisjoint({"UploadPart", "InitiateMultipartUpload", "CompleteMultipartUpload"})
@@ -346,7 +346,7 @@ async def test_aborted_upload_beside_an_older_identical_object_restarts_and_call
     assert not result.recovered
     assert result.upload_id not in (None, stale)
     assert result.callback_status == 200 and len(callback_receiver.received) == 1
-    assert oss_emulator.head_object(BUCKET, "same.bin").content_type == "application/x-new"
+    assert oss_emulator.head_object(BUCKET, "same.bin").content_type == "application/x-new"  # type: ignore[union-attr]
     assert_stored_exactly(oss_emulator, BUCKET, "same.bin", data)
 
 

@@ -36,19 +36,16 @@ from oss_callback.client._checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from oss_callback.client._resumable import (
+from oss_callback.client._parts import (
     DEFAULT_PART_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
-    VERIFY_UNIT,
-    _file_crcs,
-    _verify_units,
-    _written_after,
     choose_part_size,
-    multipart_etag,
     plan_parts,
 )
+from oss_callback.client._recovery import _written_after, multipart_etag
+from oss_callback.client._resume import VERIFY_UNIT, _file_crcs, _verify_units
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.protocol._models import HeadObjectResult
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from reliability_helpers import PART, wait_until
+from support.reliability_helpers import PART, wait_until
 
 from oss_callback import Client
 from oss_callback.protocol._crc64 import crc64

@@ -477,7 +477,7 @@ def test_constructor_error_leaks_no_thread() -> None:
     with pytest.raises(ValueError, match="region"):
         Client("http://127.0.0.1:9000", "AKID", "SECRET")  # V4 without a region
     with pytest.raises(ValueError, match="signature_version"):
-        Client(ENDPOINT, signature_version="v3", **CLIENT_KWARGS)
+        Client(ENDPOINT, signature_version="v3", **CLIENT_KWARGS)  # type: ignore[arg-type]
     assert _settle(before) == before
 
 

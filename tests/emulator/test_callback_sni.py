@@ -8,11 +8,11 @@ import json
 import socket
 
 import pytest
-from tls_helpers import SniServer
+from support.tls_helpers import SniServer
 
 from oss_callback import AsyncBucket, Callback, CallbackError
 from oss_callback.testing import OSSEmulator
-from oss_callback.testing._callbacks import CONNECT_FAILED
+from oss_callback.testing._callback_send import CONNECT_FAILED
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from emulator_helpers import error_code, error_field, oss_request
+from support.emulator_helpers import error_code, error_field, oss_request
 
 from oss_callback.protocol._signing import v1_signature, v1_string_to_sign
 from oss_callback.testing import OSSEmulator, StsCredentials

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from emulator_helpers import error_code, error_field, oss_request
+from support.emulator_helpers import error_code, error_field, oss_request
 
 from oss_callback.protocol._crc64 import crc64, crc64_combine
 from oss_callback.protocol._signing import v1_string_to_sign
 from oss_callback.testing import (
+    DEFAULT_ACCESS_KEY_ID,
+    DEFAULT_ACCESS_KEY_SECRET,
     CallbackReceiver,
     Fault,
     OSSEmulator,
@@ -894,33 +896,48 @@ def test_callback_receiver_helper() -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cli_prints_listening_line_and_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    env = {**os.environ, "OSS_ACCESS_KEY_ID": "", "OSS_ACCESS_KEY_SECRET": ""}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "oss_callback.testing",
-            "--port",
-            "0",
-            "--bucket",
-            "cli-bucket",
-            "--data-dir",
-            str(tmp_path),
-        ],
+def _start_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "oss_callback.testing", "--port", "0",
+         "--data-dir", str(tmp_path), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+def _startup_lines(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
+    """The endpoint of the first line, and the lines after it (up to the export line)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.fullmatch(r"OSS emulator listening on (http://127\.0\.0\.1:(\d+))\n", line)
+    assert match, line
+    assert int(match.group(2)) > 0
+    rest = [proc.stdout.readline().rstrip("\n") for _ in range(6)]
+    return match.group(1), rest
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_prints_how_to_connect_and_stops_on_signal(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    env = {**os.environ, "OSS_ACCESS_KEY_ID": "", "OSS_ACCESS_KEY_SECRET": ""}
+    proc = _start_cli(tmp_path, env, "--bucket", "cli-bucket", "--region", "cn-beijing")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.fullmatch(r"OSS emulator listening on (http://127\.0\.0\.1:(\d+))\n", line)
-        assert match, line
-        assert int(match.group(2)) > 0
-        r = httpx.get(match.group(1) + "/cli-bucket/x", trust_env=False)
+        endpoint, rest = _startup_lines(proc)
+        # What a newcomer needs to configure a client: the emulator's test key, in full.
+        assert rest == [
+            f"  endpoint           {endpoint}",
+            "  region             cn-beijing",
+            f"  access key id      {DEFAULT_ACCESS_KEY_ID}",
+            f"  access key secret  {DEFAULT_ACCESS_KEY_SECRET}",
+            "  buckets            cli-bucket",
+            f"  export OSS_ENDPOINT={endpoint} OSS_REGION=cn-beijing "
+            f"OSS_ACCESS_KEY_ID={DEFAULT_ACCESS_KEY_ID} "
+            f"OSS_ACCESS_KEY_SECRET={DEFAULT_ACCESS_KEY_SECRET}",
+        ]
+        r = httpx.get(endpoint + "/cli-bucket/x", trust_env=False)
         assert r.status_code == 403  # anonymous; the server is up and speaks OSS
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=15)
@@ -929,8 +946,42 @@ def test_cli_prints_listening_line_and_stops_on_signal(tmp_path: Path, sig: sign
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert out == ""  # exactly one line was printed
+    assert out == ""  # nothing after the startup lines
     assert (tmp_path / "buckets" / "cli-bucket.json").exists()
+
+
+def test_cli_does_not_print_a_secret_from_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "OSS_ACCESS_KEY_ID": "dev-id", "OSS_ACCESS_KEY_SECRET": "dev-secret"}
+    (tmp_path / "buckets").mkdir()  # a --data-dir kept from an earlier run: its buckets count
+    (tmp_path / "buckets" / "kept.json").write_text('{"name": "kept", "created": 0}')
+    proc = _start_cli(tmp_path, env, "--bucket", "new-one")
+    try:
+        endpoint, rest = _startup_lines(proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert rest == [
+        f"  endpoint           {endpoint}",
+        "  region             cn-hangzhou",
+        "  access key id      dev-id",
+        "  access key secret  (the value of $OSS_ACCESS_KEY_SECRET)",
+        "  buckets            kept, new-one",
+        f"  export OSS_ENDPOINT={endpoint} OSS_REGION=cn-hangzhou",
+    ]
+    assert "dev-secret" not in out + err
+
+
+def test_readme_shows_what_the_cli_prints() -> None:
+    from oss_callback.testing._cli import startup_lines
+
+    lines = startup_lines("http://127.0.0.1:9000", "cn-hangzhou", DEFAULT_ACCESS_KEY_ID,
+                          DEFAULT_ACCESS_KEY_SECRET, ["examplebucket"])
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "```\n" + "\n".join(lines) + "\n```\n" in readme
 
 
 def test_public_names() -> None:

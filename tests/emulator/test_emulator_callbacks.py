@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from emulator_helpers import error_code, error_field, oss_request
+from support.emulator_helpers import error_code, error_field, oss_request
 
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import CallbackReceiver, OSSEmulator, ReceivedCallback

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from emulator_helpers import error_code, oss_request
+from support.emulator_helpers import error_code, oss_request
 
 from oss_callback.protocol._crc64 import crc64, crc64_combine
 from oss_callback.testing import OSSEmulator

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from emulator_helpers import error_code, error_field
+from support.emulator_helpers import error_code, error_field
 
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.protocol._signing import v4_signature
@@ -249,9 +249,9 @@ def test_form_callback_failure_is_203_with_the_object_stored(emu: OSSEmulator) -
 def test_forms_over_the_5_gb_limit_are_refused(
     emu: OSSEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oss_callback.testing import _app
+    from oss_callback.testing import _post_object
 
-    monkeypatch.setattr(_app, "MAX_PUT_SIZE", 1000)  # 5 GB stands for 1000 bytes here
+    monkeypatch.setattr(_post_object, "MAX_PUT_SIZE", 1000)  # 5 GB stands for 1000 bytes here
     fields = {"key": "big.bin", **_v1(emu, _policy([]))}
     body, ctype = _form(fields, os.urandom(2000))
     # Chunked, so no size is announced: found while storing.
@@ -262,7 +262,7 @@ def test_forms_over_the_5_gb_limit_are_refused(
     assert error_field(r, "MaxSizeAllowed") == "1000"
     assert error_field(r, "ProposedSize") == "2000"  # the file's size
     # Announced: refused before anything is read.
-    monkeypatch.setattr(_app, "POST_FORM_OVERHEAD", 0)
+    monkeypatch.setattr(_post_object, "POST_FORM_OVERHEAD", 0)
     r = _post(emu, body, ctype)
     assert (r.status_code, error_code(r)) == (400, "EntityTooLarge"), r.text
     assert error_field(r, "ProposedSize") == str(len(body))  # the announced length

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from emulator_helpers import oss_request
+from support.emulator_helpers import oss_request
 
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.protocol._credentials import Credentials
 from oss_callback.protocol._signing import sign_v4
-from oss_callback.testing import OSSEmulator, _store
+from oss_callback.testing import OSSEmulator, _recycling
 from oss_callback.testing._cli import keep_heap
 from oss_callback.testing._store import Store
 
@@ -132,13 +132,13 @@ def test_aborted_upload_and_replaced_part_are_recycled(emu: OSSEmulator) -> None
 
 
 def test_spares_expire_and_are_capped(emu: OSSEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_store, "_SPARE_FILES", 2)
+    monkeypatch.setattr(_recycling, "_SPARE_FILES", 2)
     for key in ("a", "b", "c"):
         _put(emu, key, os.urandom(MiB))
     for key in ("a", "b", "c"):
         assert oss_request(emu, "DELETE", B, key).status_code == 204
     assert len(_spares(emu)) == 2  # the third was deleted
-    monkeypatch.setattr(_store, "_SPARE_SECONDS", 0.0)
+    monkeypatch.setattr(_recycling, "_SPARE_SECONDS", 0.0)
     _put(emu, "d", b"small")
     assert oss_request(emu, "DELETE", B, "d").status_code == 204  # retiring expires them
     assert _spares(emu) == []

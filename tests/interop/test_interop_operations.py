@@ -8,6 +8,7 @@ import gc
 import os
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import alibabacloud_oss_v2 as oss
 import oss2
@@ -149,9 +150,11 @@ def test_oss2_reads_this_sdks_copies_and_listing(bucket2: oss2.Bucket, ours: Buc
     for key in ("a/mp", "b/one"):
         assert bucket2.get_object(key).read() == data  # oss2's CRC-64 check passes
         assert bucket2.head_object(key).headers["x-oss-meta-k"] == "v"
-    theirs = [(o.key, o.etag, o.size, o.last_modified, o.is_prefix())
+    theirs: list[tuple[Any, ...]] = [(o.key, o.etag, o.size, o.last_modified, o.is_prefix())
               for o in oss2.ObjectIteratorV2(bucket2, delimiter="/", prefix="", max_keys=1)]
-    mine = [(e.key, None if e.is_prefix else e.etag, None if e.is_prefix else e.size,
+    mine: list[tuple[Any, ...]] = [
+        (e.key, None if e.is_prefix else e.etag,  # type: ignore[union-attr]
+         None if e.is_prefix else e.size,  # type: ignore[union-attr]
              None if isinstance(e, CommonPrefix) else int(e.last_modified.timestamp()),
              e.is_prefix)
             for e in ours.list_objects(delimiter="/", max_keys=1)]
@@ -284,7 +287,7 @@ def test_v2_lists_what_this_sdk_made(client_v2: oss.Client, oss_bucket: str,
               for p in pages for o in p.contents or []]
     theirs_prefixes = [c.prefix for p in pages for c in p.common_prefixes or []]
     mine = list(ours.list_objects("p/", "/", "p/a", max_keys=2))
-    assert [(e.key, e.size, e.etag, e.object_type, e.last_modified)
+    assert [(e.key, e.size, e.etag, e.object_type, e.last_modified)  # type: ignore[union-attr]
             for e in mine if not e.is_prefix] == theirs
     assert [e.key for e in mine if e.is_prefix] == theirs_prefixes == ["p/b/"]
     assert [e.key for e in mine] == ["p/b/", "p/d", "p/e"]

@@ -47,7 +47,9 @@ import base64
 import email.utils
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any
 from urllib.parse import quote
 
 import alibabacloud_oss_v2.signer.v1 as v2_signer_v1
@@ -60,6 +62,7 @@ import oss2.utils
 import pytest
 from alibabacloud_oss_v2.types import Credentials as V2Credentials
 from alibabacloud_oss_v2.types import HttpRequest as V2HttpRequest
+from alibabacloud_oss_v2.types import Signer as V2Signer
 from alibabacloud_oss_v2.types import SigningContext
 
 from oss_callback.protocol._credentials import Credentials
@@ -93,11 +96,11 @@ class _FrozenClock:
 
         class FrozenDatetime(datetime):
             @classmethod
-            def utcnow(cls):  # type: ignore[override]
+            def utcnow(cls) -> datetime:  # type: ignore[override]
                 return clock.now.astimezone(timezone.utc).replace(tzinfo=None)
 
             @classmethod
-            def now(cls, tz=None):  # type: ignore[override]
+            def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
                 return clock.now.astimezone(tz) if tz else clock.now.replace(tzinfo=None)
 
         monkeypatch.setattr(oss2.auth, "datetime", FrozenDatetime)
@@ -300,7 +303,8 @@ class Case:
         )
 
 
-def _cases(seed: int, subresources: frozenset[str], *, v1: bool, additional: bool = False):
+def _cases(seed: int, subresources: frozenset[str], *, v1: bool,
+           additional: bool = False) -> list[Case]:
     rng = random.Random(seed)
     pool = sorted(subresources)
     out = []
@@ -373,7 +377,7 @@ def _oss2_v4(case: Case) -> tuple[str, dict[str, str]]:
     return req.headers["authorization"], req.headers
 
 
-def _v2_sign(case: Case, signer, *, v1: bool) -> SigningContext:
+def _v2_sign(case: Case, signer: V2Signer, *, v1: bool) -> SigningContext:
     headers = dict(case.headers)
     token = case.creds.security_token
     if v1 and token:
@@ -413,7 +417,7 @@ def _ours_v4(case: Case) -> tuple[str, dict[str, str]]:
     return sts, headers
 
 
-def _lower(headers) -> dict[str, str]:
+def _lower(headers: Mapping[str, str | None]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if v is not None}
 
 
@@ -430,7 +434,7 @@ _OUR_V4_AUTH = re.compile(
 # --------------------------------------------------------------------------- V1
 
 
-def test_v1_subresource_set_covers_both_sdks():
+def test_v1_subresource_set_covers_both_sdks() -> None:
     # Everything either SDK signs, we sign.  (We sign a few more: udf*, img and, from v2,
     # cloudboxes; oss2 2.19 does not know those.)
     assert OSS2_SUBRESOURCES <= V1_SUBRESOURCES
@@ -438,7 +442,7 @@ def test_v1_subresource_set_covers_both_sdks():
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_v1_matches_oss2(clock, chunk):
+def test_v1_matches_oss2(clock: _FrozenClock, chunk: int) -> None:
     for case in _cases(1000 + chunk, OSS2_SUBRESOURCES & V1_SUBRESOURCES, v1=True):
         clock.now = case.now
         expected_auth, oss2_headers = _oss2_v1(case)
@@ -451,7 +455,7 @@ def test_v1_matches_oss2(clock, chunk):
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_v1_matches_alibabacloud_oss_v2(chunk):
+def test_v1_matches_alibabacloud_oss_v2(chunk: int) -> None:
     for case in _cases(2000 + chunk, V1_SUBRESOURCES & OSS2_SUBRESOURCES, v1=True):
         ctx = _v2_sign(case, v2_signer_v1.SignerV1(), v1=True)
         sts, headers = _ours_v1(case)
@@ -465,7 +469,7 @@ def test_v1_matches_alibabacloud_oss_v2(chunk):
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_v4_matches_oss2(clock, chunk):
+def test_v4_matches_oss2(clock: _FrozenClock, chunk: int) -> None:
     for case in _cases(3000 + chunk, V1_SUBRESOURCES, v1=False, additional=True):
         clock.now = case.now
         expected_auth, oss2_headers = _oss2_v4(case)
@@ -486,7 +490,7 @@ def test_v4_matches_oss2(clock, chunk):
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_v4_matches_alibabacloud_oss_v2(chunk):
+def test_v4_matches_alibabacloud_oss_v2(chunk: int) -> None:
     rng = random.Random(-chunk)
     for case in _cases(4000 + chunk, V1_SUBRESOURCES, v1=False, additional=True):
         if case.additional and rng.random() < 0.5:
@@ -551,7 +555,7 @@ EDGE_CASES = [
 ]
 
 
-def _edge_case(item) -> Case:
+def _edge_case(item: tuple[Any, ...]) -> Case:
     method, bucket, key, query, headers, creds = item
     case = Case.__new__(Case)
     case.method, case.bucket, case.key, case.query = method, bucket, key, query
@@ -563,7 +567,7 @@ def _edge_case(item) -> Case:
 
 
 @pytest.mark.parametrize("item", EDGE_CASES, ids=lambda item: f"{item[0]}-{item[2]!r}")
-def test_edge_cases_all_sdks(clock, item):
+def test_edge_cases_all_sdks(clock: _FrozenClock, item: tuple[Any, ...]) -> None:
     case = _edge_case(item)
     clock.now = case.now
 
@@ -578,12 +582,12 @@ def test_edge_cases_all_sdks(clock, item):
     sts4, headers4 = _ours_v4(case)
     assert headers4["authorization"] == v2_ctx4.request.headers["Authorization"]
     assert sts4 == v2_ctx4.string_to_sign
-    assert _OUR_V4_AUTH.match(headers4["authorization"])["sig"] == (
-        _OSS2_V4_AUTH.match(oss2_auth4)["sig"]
+    assert _OUR_V4_AUTH.match(headers4["authorization"])["sig"] == (  # type: ignore[index]
+        _OSS2_V4_AUTH.match(oss2_auth4)["sig"]  # type: ignore[index]
     )
 
 
-def test_v1_key_is_not_encoded_and_v4_key_is(clock):
+def test_v1_key_is_not_encoded_and_v4_key_is(clock: _FrozenClock) -> None:
     # The key "a b+c" appears raw in V1's CanonicalizedResource and %-encoded in V4's URI.
     case = _edge_case(EDGE_CASES[0])
     clock.now = case.now
@@ -595,7 +599,7 @@ def test_v1_key_is_not_encoded_and_v4_key_is(clock):
     assert _oss2_v1(case)[0] == _ours_v1(case)[1]["authorization"]
 
 
-def test_oss2_only_subresources_signed_like_oss2(clock):
+def test_oss2_only_subresources_signed_like_oss2(clock: _FrozenClock) -> None:
     # Parameters that oss2 treats as sub-resources but v2's global list does not.
     only_oss2 = sorted(OSS2_SUBRESOURCES - V2_SUBRESOURCES)
     assert "x-oss-process" in only_oss2
@@ -609,7 +613,7 @@ def test_oss2_only_subresources_signed_like_oss2(clock):
         assert _ours_v1(case)[1]["authorization"] == _oss2_v1(case)[0], name
 
 
-def test_v4_empty_additional_header_signed_like_oss2(clock):
+def test_v4_empty_additional_header_signed_like_oss2(clock: _FrozenClock) -> None:
     # An additional header with an empty value: oss2 signs it (as we do); v2 drops it from
     # AdditionalHeaders.  Which one OSS expects is not documented; we follow oss2.
     case = _edge_case(("GET", "bucket", "k", [], {"If-None-Match": "", "Range": "bytes=1-2"},
@@ -619,14 +623,14 @@ def test_v4_empty_additional_header_signed_like_oss2(clock):
     _, headers = _ours_v4(case)
     ours = _OUR_V4_AUTH.match(headers["authorization"])
     theirs = _OSS2_V4_AUTH.match(_oss2_v4(case)[0])
-    assert ours["add"] == theirs["add"] == "if-none-match;range"
-    assert ours["sig"] == theirs["sig"]
+    assert ours["add"] == theirs["add"] == "if-none-match;range"  # type: ignore[index]
+    assert ours["sig"] == theirs["sig"]  # type: ignore[index]
     v2 = _v2_sign(case, v2_signer_v4.SignerV4(), v1=False).request.headers["Authorization"]
     assert "AdditionalHeaders=range," in v2
 
 
 @pytest.mark.parametrize("v1", [True, False], ids=["v1", "v4"])
-def test_repeated_query_names_match_v2(v1):
+def test_repeated_query_names_match_v2(v1: bool) -> None:
     # oss2 keeps params in a dict and can't express this; v2 signs every pair, sorted.
     case = _edge_case(("GET", "bucket", "k", [("uploadId", "2"), ("x", "b"), ("uploadId", "1"),
                                               ("x", "a"), ("x", "")], {}, _STS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import pickle
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +14,11 @@ import respx
 from oss_callback import AsyncClient, Callback, RetryPolicy
 from oss_callback.protocol._credentials import Credentials
 from oss_callback.protocol._endpoint import Endpoint, encode_key, validate_bucket_name, validate_key
+from oss_callback.protocol._error_answers import (
+    decode_x_oss_err,
+    make_service_error,
+    parse_error_xml,
+)
 from oss_callback.protocol._errors import (
     CallbackError,
     CheckpointError,
@@ -24,9 +30,6 @@ from oss_callback.protocol._errors import (
     RequestError,
     ResponseError,
     ServiceError,
-    decode_x_oss_err,
-    make_service_error,
-    parse_error_xml,
 )
 from oss_callback.protocol._models import PutObjectResult
 
@@ -99,11 +102,11 @@ def _stored() -> PutObjectResult:
 # --------------------------------------------------------------------------- parse_error_xml
 
 
-def test_parse_invalid_access_key_sample_keeps_all_children():
+def test_parse_invalid_access_key_sample_keeps_all_children() -> None:
     assert parse_error_xml(INVALID_AK_XML) == INVALID_AK_FIELDS
 
 
-def test_parse_callback_failed_sample():
+def test_parse_callback_failed_sample() -> None:
     assert parse_error_xml(CALLBACK_FAILED_XML) == {
         "Code": "CallbackFailed",
         "Message": "Response body is not valid json format.",
@@ -112,13 +115,13 @@ def test_parse_callback_failed_sample():
     }
 
 
-def test_parse_argument_name_and_value():
+def test_parse_argument_name_and_value() -> None:
     fields = parse_error_xml(INVALID_ARGUMENT_XML)
     assert fields["ArgumentName"] == "callback"
     assert fields["ArgumentValue"] == '{"callbackUrl":"8.8.8.8:9090"}'
 
 
-def test_parse_namespaced_error():
+def test_parse_namespaced_error() -> None:
     xml = (
         b'<Error xmlns="http://doc.oss-cn-hangzhou.aliyuncs.com"><Code>NoSuchKey</Code>'
         b"<Message>The specified key does not exist.</Message><Key>a/b</Key></Error>"
@@ -143,11 +146,11 @@ def test_parse_namespaced_error():
         b"\xff\xfe\x00garbage",
     ],
 )
-def test_parse_non_error_bodies(body):
+def test_parse_non_error_bodies(body: bytes) -> None:
     assert parse_error_xml(body) == {}
 
 
-def test_parse_rejects_entity_expansion():
+def test_parse_rejects_entity_expansion() -> None:
     # A "billion laughs" body (10**10 characters once expanded) must not be expanded.
     entities = "".join(
         f'<!ENTITY l{i} "{(f"&l{i - 1};" * 10) if i else "a" * 10}">' for i in range(10)
@@ -161,7 +164,7 @@ def test_parse_rejects_entity_expansion():
     assert len(fields.get("Message", "")) <= 64 * 1024
 
 
-def test_oversize_body_not_parsed():
+def test_oversize_body_not_parsed() -> None:
     padding = b"<Pad>" + b"x" * (2 * 1024 * 1024) + b"</Pad>"
     big = b"<Error><Code>NoSuchKey</Code><Message>m</Message>" + padding + b"</Error>"
     assert parse_error_xml(big) == {}
@@ -172,7 +175,7 @@ def test_oversize_body_not_parsed():
     assert len(str(err)) < 1000
 
 
-def test_moderate_body_still_parsed():
+def test_moderate_body_still_parsed() -> None:
     padding = b"<Pad>" + b"x" * (8 * 1024) + b"</Pad>"
     body = b"<Error><Code>NoSuchKey</Code>" + padding + b"</Error>"
     assert parse_error_xml(body)["Code"] == "NoSuchKey"
@@ -181,17 +184,17 @@ def test_moderate_body_still_parsed():
 # --------------------------------------------------------------------------- x-oss-err
 
 
-def test_decode_x_oss_err_header():
+def test_decode_x_oss_err_header() -> None:
     header = base64.b64encode(INVALID_AK_XML).decode()
     assert decode_x_oss_err(header) == INVALID_AK_FIELDS
 
 
 @pytest.mark.parametrize("value", ["", "!!!not base64!!!", base64.b64encode(b"plain").decode()])
-def test_decode_x_oss_err_garbage(value):
+def test_decode_x_oss_err_garbage(value: str) -> None:
     assert decode_x_oss_err(value) == {}
 
 
-def test_head_error_from_x_oss_err_header():
+def test_head_error_from_x_oss_err_header() -> None:
     headers = httpx.Headers(
         {"X-Oss-Err": base64.b64encode(INVALID_AK_XML).decode(), "X-Oss-Request-Id": "other"}
     )
@@ -206,7 +209,7 @@ def test_head_error_from_x_oss_err_header():
     assert err.details == INVALID_AK_FIELDS
 
 
-def test_make_service_error_from_body():
+def test_make_service_error_from_body() -> None:
     err = make_service_error(403, {"x-oss-request-id": "hdr-id", "x-oss-ec": "hdr-ec"},
                              INVALID_AK_XML)
     assert type(err) is ServiceError
@@ -219,7 +222,7 @@ def test_make_service_error_from_body():
     assert "id-1234" in text
 
 
-def test_request_id_and_ec_fall_back_to_headers():
+def test_request_id_and_ec_fall_back_to_headers() -> None:
     body = (
         b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>"
         b"</Error>"
@@ -234,14 +237,14 @@ def test_request_id_and_ec_fall_back_to_headers():
     assert "5C3D9175B6FC201293AD4890" in str(err)
 
 
-def test_no_request_id_anywhere():
+def test_no_request_id_anywhere() -> None:
     err = make_service_error(500, {}, b"<Error><Code>InternalError</Code></Error>")
     assert err.code == "InternalError"
     assert err.request_id is None
     assert err.ec is None
 
 
-def test_html_body_gives_snippet_and_empty_code():
+def test_html_body_gives_snippet_and_empty_code() -> None:
     err = make_service_error(502, {"x-oss-request-id": "rid"}, HTML_502)
     assert type(err) is ServiceError
     assert err.code == ""
@@ -251,7 +254,7 @@ def test_html_body_gives_snippet_and_empty_code():
     assert err.request_id == "rid"
 
 
-def test_huge_html_body_snippet_is_bounded():
+def test_huge_html_body_snippet_is_bounded() -> None:
     body = b"<html><body>" + b"A" * 100_000 + b"</body></html>"
     err = make_service_error(500, {}, body)
     assert err.code == ""
@@ -262,7 +265,7 @@ def test_huge_html_body_snippet_is_bounded():
 # --------------------------------------------------------------------------- 203 / CallbackError
 
 
-def test_203_with_result_is_callback_error():
+def test_203_with_result_is_callback_error() -> None:
     stored = _stored()
     err = make_service_error(203, {"x-oss-request-id": "587C81A125F797621829923D"},
                              CALLBACK_FAILED_XML, result=stored)
@@ -280,14 +283,14 @@ def test_203_with_result_is_callback_error():
     assert "Response body is not valid json format." in text
 
 
-def test_203_with_empty_body_still_callback_failed():
+def test_203_with_empty_body_still_callback_failed() -> None:
     err = make_service_error(203, {}, b"", result=_stored())
     assert isinstance(err, CallbackError)
     assert err.code == "CallbackFailed"
     assert "stored" in str(err)
 
 
-def test_203_without_a_result_is_not_labelled_callback_failed():
+def test_203_without_a_result_is_not_labelled_callback_failed() -> None:
     err = make_service_error(203, {"x-oss-request-id": "5C09"}, b"")
     assert type(err) is ServiceError
     assert err.code == ""
@@ -296,7 +299,7 @@ def test_203_without_a_result_is_not_labelled_callback_failed():
     assert err.request_id == "5C09"
 
 
-def test_permanent_redirect_says_which_endpoint_to_use():
+def test_permanent_redirect_says_which_endpoint_to_use() -> None:
     err = make_service_error(301, {}, PERMANENT_REDIRECT_XML)
     assert (err.status, err.code) == (301, "PermanentRedirect")
     assert err.hint is not None and "oss-cn-beijing.aliyuncs.com" in err.hint
@@ -305,7 +308,7 @@ def test_permanent_redirect_says_which_endpoint_to_use():
         "region='cn-beijing'")
 
 
-def test_permanent_redirect_from_x_oss_err_on_head():
+def test_permanent_redirect_from_x_oss_err_on_head() -> None:
     header = base64.b64encode(PERMANENT_REDIRECT_XML).decode()
     err = make_service_error(301, {"x-oss-err": header}, b"")
     assert "region='cn-beijing'" in str(err)
@@ -317,24 +320,24 @@ def test_permanent_redirect_from_x_oss_err_on_head():
     ("/login?next=/k", "redirects to /login?next=/k"),
     ("https://sso.example/" + "x" * 300, "..."),
 ])
-def test_a_redirect_names_its_location(location, expected):
+def test_a_redirect_names_its_location(location: str, expected: str) -> None:
     err = make_service_error(302, {"location": location}, b"<html>Found</html>")
     assert expected in str(err)
     assert "does not follow redirects" in str(err)
     assert len(str(err)) < 700
 
 
-def test_object_too_large_is_a_client_error_with_its_sizes():
+def test_object_too_large_is_a_client_error_with_its_sizes() -> None:
     err = ObjectTooLargeError("too big", key="k", size=9, max_size=8)
     assert isinstance(err, ClientError)
     clone = pickle.loads(pickle.dumps(err))
     assert (clone.key, clone.size, clone.max_size, str(clone)) == ("k", 9, 8, "too big")
 
 
-def test_callback_error_is_catchable_as_service_error():
+def test_callback_error_is_catchable_as_service_error() -> None:
     with pytest.raises(ServiceError) as exc:
         raise make_service_error(203, {}, CALLBACK_FAILED_XML, result=_stored())
-    assert exc.value.result.etag == "D8E8FCA2DC0F896FD7CB4CB0031BA249"
+    assert exc.value.result.etag == "D8E8FCA2DC0F896FD7CB4CB0031BA249"  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- over the wire
@@ -349,7 +352,7 @@ def _client() -> AsyncClient:
 
 
 @respx.mock
-async def test_documented_error_sample_over_the_wire():
+async def test_documented_error_sample_over_the_wire() -> None:
     route = respx.put(f"{BASE}/k").respond(403, content=INVALID_AK_XML, headers={
         "content-type": "application/xml", "x-oss-request-id": "id-1234",
         "x-oss-ec": "0002-00000902"})
@@ -365,7 +368,7 @@ async def test_documented_error_sample_over_the_wire():
 
 
 @respx.mock
-async def test_head_error_over_the_wire_comes_from_x_oss_err():
+async def test_head_error_over_the_wire_comes_from_x_oss_err() -> None:
     respx.head(f"{BASE}/k").respond(403, headers={
         "x-oss-err": base64.b64encode(INVALID_AK_XML).decode(), "x-oss-request-id": "other"})
     async with _client() as client:
@@ -376,7 +379,7 @@ async def test_head_error_over_the_wire_comes_from_x_oss_err():
 
 
 @respx.mock
-async def test_html_502_from_a_proxy_over_the_wire_is_retried_then_a_service_error():
+async def test_html_502_from_a_proxy_over_the_wire_is_retried_then_a_service_error() -> None:
     route = respx.get(f"{BASE}/k").respond(502, content=HTML_502, headers={
         "content-type": "text/html", "x-oss-request-id": "rid"})
     async with _client() as client:
@@ -389,7 +392,7 @@ async def test_html_502_from_a_proxy_over_the_wire_is_retried_then_a_service_err
 
 
 @respx.mock
-async def test_callback_failed_on_complete_over_the_wire_carries_the_upload_id():
+async def test_callback_failed_on_complete_over_the_wire_carries_the_upload_id() -> None:
     route = respx.post(f"{BASE}/k", params={"uploadId": "UPLOAD-1"}).respond(
         203, content=CALLBACK_FAILED_XML,
         headers={"etag": '"3349DC700140D7F86A0784842780AAAA-2"',
@@ -437,14 +440,14 @@ def _all_errors() -> list[BaseException]:
 
 
 @pytest.mark.parametrize("err", _all_errors(), ids=lambda e: type(e).__name__)
-def test_errors_pickle_round_trip(err):
+def test_errors_pickle_round_trip(err: BaseException) -> None:
     clone = pickle.loads(pickle.dumps(err))
     assert type(clone) is type(err)
     assert str(clone) == str(err)
     assert vars(clone) == vars(err)
 
 
-def test_pickled_service_error_keeps_fields():
+def test_pickled_service_error_keeps_fields() -> None:
     err = make_service_error(403, {}, INVALID_AK_XML)
     clone = pickle.loads(pickle.dumps(err))
     assert (clone.status, clone.code, clone.message, clone.request_id, clone.ec, clone.host_id) == (
@@ -454,7 +457,7 @@ def test_pickled_service_error_keeps_fields():
     assert clone.details == INVALID_AK_FIELDS
 
 
-def test_pickled_callback_error_keeps_result():
+def test_pickled_callback_error_keeps_result() -> None:
     err = make_service_error(203, {}, CALLBACK_FAILED_XML, result=_stored())
     clone = pickle.loads(pickle.dumps(err))
     assert isinstance(clone, CallbackError)
@@ -462,14 +465,14 @@ def test_pickled_callback_error_keeps_result():
 
 
 @pytest.mark.parametrize("err", _all_errors(), ids=lambda e: type(e).__name__)
-def test_str_is_one_line(err):
+def test_str_is_one_line(err: BaseException) -> None:
     text = str(err)
     assert text
     assert "\n" not in text
     assert "\r" not in text
 
 
-def test_str_is_one_line_even_for_multiline_message():
+def test_str_is_one_line_even_for_multiline_message() -> None:
     body = b"<Error><Code>InvalidArgument</Code><Message>first line\nsecond line</Message></Error>"
     text = str(make_service_error(400, {}, body))
     assert "\n" not in text
@@ -477,7 +480,7 @@ def test_str_is_one_line_even_for_multiline_message():
     assert "second line" in text
 
 
-def test_repr_names_class_and_code():
+def test_repr_names_class_and_code() -> None:
     err = make_service_error(403, {}, INVALID_AK_XML)
     assert repr(err).startswith("ServiceError(")
     assert "InvalidAccessKeyId" in repr(err)
@@ -489,7 +492,7 @@ SECRET = "S3cr3tAccessKeySecretValue"
 TOKEN = "CAIS-very-secret-sts-token"
 
 
-def test_credentials_repr_hides_secret_and_token():
+def test_credentials_repr_hides_secret_and_token() -> None:
     creds = Credentials(access_key_id="LTAI5tExampleKeyId", access_key_secret=SECRET,
                         security_token=TOKEN)
     for text in (repr(creds), str(creds), f"{creds}", repr([creds]), repr({"c": creds})):
@@ -507,7 +510,7 @@ def test_credentials_repr_hides_secret_and_token():
         {"access_key_id": "a", "access_key_secret": "s\n"},
     ],
 )
-def test_credentials_validation(kwargs):
+def test_credentials_validation(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="access_key"):
         Credentials(**kwargs)
 
@@ -519,7 +522,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_resolve_from_env(clean_env):
+def test_resolve_from_env(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_ID", "env-id")
     clean_env.setenv("OSS_ACCESS_KEY_SECRET", "env-secret")
     clean_env.setenv("OSS_SESSION_TOKEN", "env-token")
@@ -529,7 +532,7 @@ def test_resolve_from_env(clean_env):
     assert creds.security_token == "env-token"
 
 
-def test_resolve_arguments_win_over_env(clean_env):
+def test_resolve_arguments_win_over_env(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_ID", "env-id")
     clean_env.setenv("OSS_ACCESS_KEY_SECRET", "env-secret")
     clean_env.setenv("OSS_SESSION_TOKEN", "env-token")
@@ -544,7 +547,7 @@ def test_resolve_arguments_win_over_env(clean_env):
     )
 
 
-def test_resolve_without_token(clean_env):
+def test_resolve_without_token(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_ID", "env-id")
     clean_env.setenv("OSS_ACCESS_KEY_SECRET", "env-secret")
     assert Credentials.resolve().security_token is None
@@ -552,13 +555,15 @@ def test_resolve_without_token(clean_env):
     assert Credentials.resolve().security_token is None
 
 
-def test_resolve_missing_everything_names_both_variables(clean_env):
+def test_resolve_missing_everything_names_both_variables(clean_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="OSS_ACCESS_KEY_ID") as exc:
         Credentials.resolve()
     assert "OSS_ACCESS_KEY_SECRET" in str(exc.value)
 
 
-def test_resolve_missing_secret_names_it_and_hides_nothing_secret(clean_env):
+def test_resolve_missing_secret_names_it_and_hides_nothing_secret(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_ID", "env-id")
     clean_env.setenv("OSS_SESSION_TOKEN", TOKEN)
     with pytest.raises(ValueError, match="OSS_ACCESS_KEY_SECRET") as exc:
@@ -566,21 +571,21 @@ def test_resolve_missing_secret_names_it_and_hides_nothing_secret(clean_env):
     assert TOKEN not in str(exc.value)
 
 
-def test_resolve_missing_id_does_not_leak_secret(clean_env):
+def test_resolve_missing_id_does_not_leak_secret(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_SECRET", SECRET)
     with pytest.raises(ValueError, match="OSS_ACCESS_KEY_ID") as exc:
         Credentials.resolve()
     assert SECRET not in str(exc.value)
 
 
-def test_resolve_empty_env_values_count_as_missing(clean_env):
+def test_resolve_empty_env_values_count_as_missing(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_ID", "")
     clean_env.setenv("OSS_ACCESS_KEY_SECRET", "")
     with pytest.raises(ValueError, match="OSS_ACCESS_KEY_ID"):
         Credentials.resolve()
 
 
-def test_resolve_explicit_environ_mapping(clean_env):
+def test_resolve_explicit_environ_mapping(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OSS_ACCESS_KEY_ID", "process-id")
     clean_env.setenv("OSS_ACCESS_KEY_SECRET", "process-secret")
     creds = Credentials.resolve(
@@ -619,7 +624,8 @@ def test_resolve_explicit_environ_mapping(clean_env):
         ("  http://10.0.0.5  ", "http", "10.0.0.5", None, None, True),
     ],
 )
-def test_endpoint_parse(text, scheme, host, port, region, path_style):
+def test_endpoint_parse(text: str, scheme: str, host: str, port: int | None,
+                        region: str | None, path_style: bool) -> None:
     ep = Endpoint.parse(text)
     assert (ep.scheme, ep.host, ep.port, ep.region, ep.path_style) == (
         scheme, host, port, region, path_style
@@ -629,7 +635,7 @@ def test_endpoint_parse(text, scheme, host, port, region, path_style):
 @pytest.mark.parametrize(
     "text", ["https://oss-proxy.example.com", "https://oss-files.mycompany.cn:8443"]
 )
-def test_endpoint_region_not_guessed_from_foreign_domains(text):
+def test_endpoint_region_not_guessed_from_foreign_domains(text: str) -> None:
     # Only Alibaba Cloud OSS host names carry a region.  A custom domain whose first label
     # happens to start with "oss-" has no derivable region: guessing "proxy"/"files" would
     # sign V4 requests for a region that doesn't exist (SignatureDoesNotMatch at run time)
@@ -639,7 +645,7 @@ def test_endpoint_region_not_guessed_from_foreign_domains(text):
     assert Endpoint.parse(text, region="cn-hangzhou").region == "cn-hangzhou"
 
 
-def test_endpoint_explicit_region_and_style_win():
+def test_endpoint_explicit_region_and_style_win() -> None:
     ep = Endpoint.parse("http://127.0.0.1:9000", region="cn-beijing", path_style=False)
     assert ep.region == "cn-beijing"
     assert ep.path_style is False
@@ -648,7 +654,7 @@ def test_endpoint_explicit_region_and_style_win():
     assert ep.path_style is True
 
 
-def test_endpoint_urls():
+def test_endpoint_urls() -> None:
     ep = Endpoint.parse("oss-cn-hangzhou.aliyuncs.com")
     assert ep.url("bucket", "a b/c+d") == (
         "https://bucket.oss-cn-hangzhou.aliyuncs.com/a%20b/c%2Bd"
@@ -677,12 +683,12 @@ def test_endpoint_urls():
         ("https://", "host"),
     ],
 )
-def test_endpoint_parse_errors(text, fragment):
+def test_endpoint_parse_errors(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         Endpoint.parse(text)
 
 
-def test_endpoint_error_does_not_echo_password():
+def test_endpoint_error_does_not_echo_password() -> None:
     with pytest.raises(ValueError, match="credentials") as exc:
         Endpoint.parse("https://user:hunter2@oss-cn-hangzhou.aliyuncs.com")
     assert "hunter2" not in str(exc.value)
@@ -691,20 +697,20 @@ def test_endpoint_error_does_not_echo_password():
 # --------------------------------------------------------------------------- keys, buckets
 
 
-def test_validate_key_accepts():
+def test_validate_key_accepts() -> None:
     assert validate_key("a") == "a"
     assert validate_key("dir/sub/file.txt") == "dir/sub/file.txt"
     assert validate_key("k" * 1023) == "k" * 1023
     assert validate_key("杭" * 341) == "杭" * 341  # 1023 UTF-8 bytes
 
 
-def test_validate_key_empty():
+def test_validate_key_empty() -> None:
     with pytest.raises(ValueError, match="empty"):
         validate_key("")
 
 
 @pytest.mark.parametrize("key", ["k" * 1024, "杭" * 342, "😀" * 256])
-def test_validate_key_too_long(key):
+def test_validate_key_too_long(key: str) -> None:
     with pytest.raises(ValueError, match="1023") as exc:
         validate_key(key)
     assert "bytes" in str(exc.value)
@@ -712,29 +718,29 @@ def test_validate_key_too_long(key):
 
 
 @pytest.mark.parametrize("key", ["/leading", "\\leading"])
-def test_validate_key_leading_slash(key):
+def test_validate_key_leading_slash(key: str) -> None:
     with pytest.raises(ValueError, match="start with") as exc:
         validate_key(key)
     assert "'/'" in str(exc.value)
 
 
 @pytest.mark.parametrize("key", ["a\x00b", "a\nb", "a\rb"])
-def test_validate_key_control_chars(key):
+def test_validate_key_control_chars(key: str) -> None:
     with pytest.raises(ValueError, match=r"NUL|CR|LF"):
         validate_key(key)
 
 
-def test_validate_key_nul_message():
+def test_validate_key_nul_message() -> None:
     with pytest.raises(ValueError, match="NUL"):
         validate_key("bad\x00key")
 
 
-def test_validate_key_lone_surrogate():
+def test_validate_key_lone_surrogate() -> None:
     with pytest.raises(ValueError, match="UTF-8"):
         validate_key("a\udc80b")
 
 
-def test_validate_key_type():
+def test_validate_key_type() -> None:
     with pytest.raises(TypeError):
         validate_key(b"bytes")  # type: ignore[arg-type]
 
@@ -761,18 +767,18 @@ def test_validate_key_type():
         ("a.b/.hidden/..dots", "a.b/.hidden/..dots"),
     ],
 )
-def test_encode_key(key, encoded):
+def test_encode_key(key: str, encoded: str) -> None:
     assert encode_key(key) == encoded
 
 
 @pytest.mark.parametrize("name", ["abc", "my-bucket-1", "a" * 63, "0bucket"])
-def test_validate_bucket_name_ok(name):
+def test_validate_bucket_name_ok(name: str) -> None:
     assert validate_bucket_name(name) == name
 
 
 @pytest.mark.parametrize(
     "name", ["ab", "a" * 64, "-bucket", "bucket-", "Bucket", "my_bucket", "my.bucket", ""]
 )
-def test_validate_bucket_name_bad(name):
+def test_validate_bucket_name_bad(name: str) -> None:
     with pytest.raises(ValueError, match="bucket name"):
         validate_bucket_name(name)

@@ -25,10 +25,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from reliability_helpers import every_text_of
+from support.reliability_helpers import every_text_of
 
 from oss_callback import AsyncClient, OSSError, RequestError, RetryPolicy, ServiceError
-from oss_callback.protocol._errors import FRAGMENT, Redactor, make_service_error
+from oss_callback.protocol._error_answers import make_service_error
+from oss_callback.protocol._redact import FRAGMENT, Redactor
 
 SECRET = "hostile-test-secret-" + secrets.token_hex(12)
 #: An STS token as Alibaba Cloud issues them: long standard base64 (with + / =).
@@ -182,7 +183,7 @@ async def test_no_secret_echoed_by_a_server_reaches_an_error_or_a_log(
     caplog.set_level(logging.DEBUG, logger="oss_callback")
     caplog.set_level(logging.INFO, logger="httpx")
     async with AsyncClient(hostile.endpoint, ACCESS_KEY_ID, SECRET, security_token=TOKEN,
-                           region="cn-hangzhou", signature_version=version,
+                           region="cn-hangzhou", signature_version=version,  # type: ignore[arg-type]
                            retry=RetryPolicy.no_wait(max_attempts=2)) as client:
         bucket = client.get_bucket("b-1")
         request = (bucket.put_object("k", b"payload") if operation == "put_object"

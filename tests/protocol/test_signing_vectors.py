@@ -10,6 +10,7 @@ implements header authentication only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
@@ -99,7 +100,9 @@ A_CASES = [
     ("method", "bucket", "key", "query", "make_headers", "expected_sts", "expected_auth"),
     A_CASES,
 )
-def test_v1_vectors_a(method, bucket, key, query, make_headers, expected_sts, expected_auth):
+def test_v1_vectors_a(method: str, bucket: str | None, key: str | None,
+                      query: list[tuple[str, str]], make_headers: Callable[[], dict[str, str]],
+                      expected_sts: str, expected_auth: str) -> None:
     headers = make_headers()
     assert v1_string_to_sign(method, bucket, key, query, headers) == expected_sts
     assert v1_signature("sk", expected_sts) == expected_auth.split(":", 1)[1]
@@ -112,7 +115,7 @@ def test_v1_vectors_a(method, bucket, key, query, make_headers, expected_sts, ex
     assert [k for k in headers if k.lower() == "authorization"] == ["authorization"]
 
 
-def test_v1_vector_a_resource_strings():
+def test_v1_vector_a_resource_strings() -> None:
     # The CanonicalizedResource parts of the A vectors, on their own.
     assert v1_canonical_resource("examplebucket", "nelson", []) == "/examplebucket/nelson"
     assert v1_canonical_resource("examplebucket", "nelson", [("acl", "")]) == (
@@ -126,7 +129,7 @@ def test_v1_vector_a_resource_strings():
     ) == "/examplebucket/?acl&resourceGroup"
 
 
-def test_v1_vector_a_header_name_case_is_irrelevant():
+def test_v1_vector_a_header_name_case_is_irrelevant() -> None:
     # Same request as A1 with differently-cased header names: same StringToSign.
     headers = {
         "X-OSS-DATE": A_DATE,
@@ -151,7 +154,7 @@ B_SECRET = "helloworld"
 B_DATE = "Fri, 30 Oct 2015 07:21:00 GMT"
 
 
-def test_v1_vector_b_get_root():
+def test_v1_vector_b_get_root() -> None:
     sts = v1_string_to_sign("GET", None, None, [], {"Date": B_DATE})
     assert sts == "GET\n\n\nFri, 30 Oct 2015 07:21:00 GMT\n/"
     assert v1_signature(B_SECRET, sts) == "u8QKAAj/axKX4JhHXa5DYfYSPxE="
@@ -163,7 +166,7 @@ def test_v1_vector_b_get_root():
     assert headers["authorization"] == "OSS id:u8QKAAj/axKX4JhHXa5DYfYSPxE="
 
 
-def test_v1_vector_b_put_bucket_plain_resource():
+def test_v1_vector_b_put_bucket_plain_resource() -> None:
     # The Ruby helper signs the plain resource "/bucket" (no trailing slash).  Our builder
     # always writes "/bucket/" for a bucket-level request (the documented OSS form), so this
     # row can only be checked through v1_signature on the given StringToSign.
@@ -173,7 +176,7 @@ def test_v1_vector_b_put_bucket_plain_resource():
     assert v1_canonical_resource("bucket", None, []) == "/bucket/"
 
 
-def test_v1_vector_b_copy_source_header():
+def test_v1_vector_b_copy_source_header() -> None:
     headers = {"Date": B_DATE, "x-oss-copy-source": "/bucket/object-old"}
     sts = v1_string_to_sign("PUT", "bucket", "object-new", [], headers)
     assert sts == (
@@ -183,7 +186,7 @@ def test_v1_vector_b_copy_source_header():
     assert v1_signature(B_SECRET, sts) == "McYUmBaErN//yvE9voWRhCgvsIc="
 
 
-def test_v1_vector_b_append_position():
+def test_v1_vector_b_append_position() -> None:
     # sub_res {append=>nil, position=>0}; given in the opposite order to check sorting.
     sts = v1_string_to_sign(
         "PUT", "bucket", "object-new", [("position", "0"), ("append", "")], {"Date": B_DATE}
@@ -222,7 +225,7 @@ def _c_headers(content_md5: str) -> dict[str, str]:
         ("eB5eJF1ptWaXm4bijSPyxw==", "hD208RWMpg77svXkQRwWXS+V5KQ="),
     ],
 )
-def test_v1_vector_c_docs_example(content_md5, expected_signature):
+def test_v1_vector_c_docs_example(content_md5: str, expected_signature: str) -> None:
     headers = _c_headers(content_md5)
     expected_sts = (
         f"PUT\n{content_md5}\ntext/html\nThu, 17 Nov 2005 18:49:58 GMT\n"
@@ -241,7 +244,7 @@ def test_v1_vector_c_docs_example(content_md5, expected_signature):
     assert headers["date"] == C_DATE
 
 
-def test_v1_vector_c_date_from_now_in_another_timezone():
+def test_v1_vector_c_date_from_now_in_another_timezone() -> None:
     # `now` given in UTC+8 must still produce the GMT Date of the vector.
     headers = _c_headers("ODBGOERFMDMzQTczRUY3NUE3NzA5QzdFNUYzMDQxNEM=")
     del headers["Date"]
@@ -251,7 +254,7 @@ def test_v1_vector_c_date_from_now_in_another_timezone():
     assert headers["authorization"] == "OSS 44CF9590006BF252F707:26NBxoKdsyly4EDv6inkoDft/yA="
 
 
-def test_v1_sts_token_is_signed_as_x_oss_security_token():
+def test_v1_sts_token_is_signed_as_x_oss_security_token() -> None:
     # Vector C plus an STS token: the token goes in x-oss-security-token, a canonical header.
     creds = Credentials(
         access_key_id=C_CREDS.access_key_id,
@@ -321,7 +324,7 @@ H1_AUTH = (
 )
 
 
-def test_v4_h1_intermediate_strings():
+def test_v4_h1_intermediate_strings() -> None:
     headers = {**_v4_headers(), "x-oss-date": "20231216T162057Z"}
     canonical = v4_canonical_request("PUT", "bucket", V4_KEY, V4_QUERY, headers)
     assert canonical == H1_CANONICAL
@@ -334,7 +337,7 @@ def test_v4_h1_intermediate_strings():
     assert v4_signature("sk", "20231216", "cn-hangzhou", sts) == H1_AUTH.rsplit("=", 1)[1]
 
 
-def test_v4_h1_sign():
+def test_v4_h1_sign() -> None:
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk")
     sts = sign_v4(
@@ -348,7 +351,7 @@ def test_v4_h1_sign():
     assert v4_canonical_request("PUT", "bucket", V4_KEY, V4_QUERY, headers) == H1_CANONICAL
 
 
-def test_v4_h1_query_order_is_irrelevant():
+def test_v4_h1_query_order_is_irrelevant() -> None:
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk")
     sign_v4(
@@ -358,7 +361,7 @@ def test_v4_h1_query_order_is_irrelevant():
     assert headers["authorization"] == H1_AUTH
 
 
-def test_v4_h1_now_in_another_timezone():
+def test_v4_h1_now_in_another_timezone() -> None:
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk")
     now = _utc(1702743657).astimezone(timezone(timedelta(hours=-7, minutes=-30)))
@@ -367,7 +370,7 @@ def test_v4_h1_now_in_another_timezone():
     assert headers["authorization"] == H1_AUTH
 
 
-def test_v4_h2_sts_token():
+def test_v4_h2_sts_token() -> None:
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk", security_token="token")
     sts = sign_v4(
@@ -429,7 +432,7 @@ H3_CANONICAL = (
         pytest.param({"x-oss-no-exist", "ZAbc", "x-oss-head1", "abc"}, id="with-ignored-names"),
     ],
 )
-def test_v4_h3_additional_headers(additional):
+def test_v4_h3_additional_headers(additional: Iterable[str]) -> None:
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk")
     sts = sign_v4(
@@ -446,7 +449,7 @@ def test_v4_h3_additional_headers(additional):
     )
 
 
-def test_v4_additional_headers_never_empty():
+def test_v4_additional_headers_never_empty() -> None:
     # Only absent or always-signed names: no "AdditionalHeaders=" field at all (PROTOCOL §3.2.5).
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk")
@@ -457,7 +460,7 @@ def test_v4_additional_headers_never_empty():
     assert headers["authorization"] == H1_AUTH
 
 
-def test_v4_resign_replaces_previous_signature_headers():
+def test_v4_resign_replaces_previous_signature_headers() -> None:
     # Signing the same dict twice (a retry) gives the documented result, not a mix.
     headers = _v4_headers()
     creds = Credentials(access_key_id="ak", access_key_secret="sk")
@@ -470,7 +473,7 @@ def test_v4_resign_replaces_previous_signature_headers():
     assert [k for k in headers if k.lower() == "x-oss-date"] == ["x-oss-date"]
 
 
-def test_v4_canonical_uri_forms():
+def test_v4_canonical_uri_forms() -> None:
     # PROTOCOL §3.2: "/bucket/" with no key, "/" with no bucket.
     hdrs = {"x-oss-date": "20231216T162057Z"}
     assert v4_canonical_request("GET", "bucket", None, [], hdrs).split("\n")[1] == "/bucket/"

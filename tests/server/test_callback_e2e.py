@@ -117,7 +117,7 @@ async def test_upload_with_callback_verified_by_fetching_the_emulator_key(
                 cb = Callback(app.url + "/oss-callback", body=FORM_TEMPLATE,
                               variables={"x:uid": str(i)})
                 result = await bucket.put_object(f"k{i}", b"x" * (i + 1), callback=cb)
-                assert result.callback_json()["uid"] == str(i)
+                assert result.callback_json()["uid"] == str(i)  # type: ignore[index]
     assert [c.fields["size"] for c in server.calls] == ["1", "2", "3"]
     assert {c.key_url for c in server.calls} == {emu.public_key_url}
     assert key_fetches(emu) - before == 1  # fetched once, then cached
@@ -152,7 +152,7 @@ async def test_resumable_upload_callback_on_complete(
                 "big.bin", path, callback=cb, part_size=100 * 1024, disable_checkpoint=True
             )
     assert result.upload_id is not None
-    assert result.callback_json()["size"] == str(400 * 1024)
+    assert result.callback_json()["size"] == str(400 * 1024)  # type: ignore[index]
     assert server.calls[0].fields["uid"] == "mp"
 
 

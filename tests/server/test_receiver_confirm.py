@@ -21,7 +21,7 @@ import attrs
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from reliability_helpers import open_api
+from support.reliability_helpers import open_api
 
 from oss_callback import AsyncBucket, Bucket, Callback, ServiceError
 from oss_callback.fastapi import INVALID_CALLBACK_DETAIL, callback_dependency
@@ -400,7 +400,7 @@ def test_readme_example_confirms_and_refuses_the_replay(
     import sqlite3
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     (region,) = [b for b in blocks if "def create_app(" in b]
     (wiring,) = [b for b in blocks if "app = create_app(" in b]

@@ -34,7 +34,8 @@ from oss_callback.server import (
     PublicKeyFetchError,
     VerifiedCallback,
 )
-from oss_callback.server._verify import _HOST_ENTRY, _OSS_KEY_URL, _FailureCache, _KeyCache
+from oss_callback.server._key_cache import _FailureCache, _KeyCache
+from oss_callback.server._key_policy import _HOST_ENTRY, _OSS_KEY_URL
 
 OSS_KEY = "https://gosspublic.alicdn.com/callback_pub_key_v1.pem"
 FORM = "application/x-www-form-urlencoded"

@@ -27,10 +27,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from emulator_helpers import oss_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import (
+from support.emulator_helpers import oss_request
+from support.reliability_helpers import (
     PART,
     LocalHTTPServer,
     LogCollector,
@@ -187,7 +187,7 @@ def test_any_single_byte_change_is_refused(
         mutated = raw[:at] + bytes([byte]) + raw[at + 1:]
         if part == "path" and not mutated.startswith(b"/"):
             mutated = b"/" + mutated
-        changed = attrs.evolve(genuine, **{part: mutated if part == "body"
+        changed = attrs.evolve(genuine, **{part: mutated if part == "body"  # type: ignore[arg-type]
                                            else mutated.decode("latin-1")})
         if _signed(changed) & original:
             return  # e.g. %2f -> %2F: the bytes OSS signed are the same (not a tampering)

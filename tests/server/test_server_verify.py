@@ -24,8 +24,8 @@ import pytest
 import respx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from helpers import HTTPX_STOPPED_READ
 from starlette.datastructures import Headers as StarletteHeaders
+from support.helpers import HTTPX_STOPPED_READ
 
 import oss_callback
 from oss_callback import server
@@ -38,7 +38,7 @@ from oss_callback.server import (
     callback_string_to_sign,
     verify_asgi,
 )
-from oss_callback.server._verify import _KeyCache
+from oss_callback.server._key_cache import _KeyCache
 
 # --------------------------------------------------------------------------- §4.4 vector
 
@@ -620,7 +620,7 @@ def test_constructor_validation(private_key: rsa.RSAPrivateKey) -> None:
         CallbackVerifier(public_key=42)  # type: ignore[arg-type]
     for name in ("max_body_size", "max_key_size", "fetch_timeout"):
         with pytest.raises(ValueError, match=name):
-            CallbackVerifier(**{name: 0})
+            CallbackVerifier(**{name: 0})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="key_cache_size"):
         CallbackVerifier(key_cache_size=-1)
     # A loaded key and DER bytes are accepted too, and the repr shows no key material.

@@ -25,11 +25,11 @@ from typing import Any
 
 import anyio
 import attrs
-from facades import Api
 
 from oss_callback import AsyncClient, Client, RetryPolicy
 from oss_callback.protocol._crc64 import crc64
 from oss_callback.testing import OSSEmulator, RequestRecord
+from support.facades import Api
 
 KiB = 1024
 MiB = 1024 * KiB
