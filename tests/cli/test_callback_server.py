@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -267,10 +268,10 @@ def test_readme_snippet_runs_against_the_emulator(
 class Running:
     """``oss-callback callback-server`` in a subprocess; its stdout read line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, *args: str, env: dict[str, str], cwd: Path | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oss_callback", "callback-server", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         self.lines: queue.Queue[str] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -420,3 +421,54 @@ def test_missing_fastapi_exits_2_naming_the_extras() -> None:
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'oss-callback[fastapi,emulator]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_commands_run_as_shown(tmp_path: Path) -> None:
+    """README "Receiving callbacks": its three commands (the emulator, this server, an
+    upload with a callback), run as written (ports aside), print the line it shows."""
+    text = README.read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", text, re.S)
+                if "oss-callback callback-server" in b]
+    commands = [shlex.split(c, comments=True)
+                for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    (shown,) = re.findall(r"The server prints\n\n```\n(.*?)\n```", text)
+    env = clean_env()
+    for name, _, value in (a.partition("=") for c in commands if c[0] == "export"
+                           for a in c[1:]):
+        env[name] = value
+    by_name = {c[1]: c[2:] for c in commands if c[0] == "oss-callback"}
+    assert [c[0] for c in commands] == ["export", "echo", "oss-callback", "oss-callback",
+                                        "oss-callback"]
+    (tmp_path / "cat.jpg").write_text("hello\n")  # echo hello > cat.jpg
+
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "oss_callback", "emulator", *by_name["emulator"], "--port", "0",
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
+    try:
+        assert emulator.stdout is not None
+        first = emulator.stdout.readline()
+        (endpoint,) = re.findall(r"listening on (http://\S+)", first)
+        args = [endpoint if a == "http://127.0.0.1:9000" else a
+                for a in by_name["callback-server"]]
+        server = Running(*args, env=env, cwd=tmp_path)  # --port 0 for the README's 8080
+        try:
+            upload = [server.url if a == "http://127.0.0.1:8080/oss-callback" else
+                      endpoint if a == "http://127.0.0.1:9000" else a
+                      for a in by_name["upload"]]
+            done = subprocess.run([sys.executable, "-m", "oss_callback", "upload", *upload],
+                                  capture_output=True, text=True, env=env, cwd=tmp_path,
+                                  timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert 'callback answered: {"Status":"OK","bucket":"examplebucket"' in done.stdout
+            assert server.line() == shown
+        finally:
+            server.stop()
+    finally:
+        emulator.terminate()
+        emulator.wait(10)
+        if emulator.stdout is not None:
+            emulator.stdout.close()
+    with closing(sqlite3.connect(tmp_path / "uploads.db")) as conn:
+        assert conn.execute("SELECT bucket, object, size FROM uploads").fetchall() == [
+            ("examplebucket", "photos/cat.jpg", 6)]
