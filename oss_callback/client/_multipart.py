@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import IO, Any
 
 from oss_callback.client._base import merge_headers
 from oss_callback.client._body import Body, ProgressFn, make_body
+from oss_callback.client._data import Data
 from oss_callback.client._http import parse_crc
 from oss_callback.client._objects import ObjectsMixin
 from oss_callback.client._results import on_203, put_result, require_etag
@@ -78,7 +78,7 @@ class MultipartMixin(ObjectsMixin):
         key: str,
         upload_id: str,
         part_number: int,
-        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        data: Data | None = None,
         *,
         progress: ProgressFn | None = None,
     ) -> UploadPartResult:

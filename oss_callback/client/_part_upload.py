@@ -4,7 +4,7 @@ mixin over :class:`~oss_callback.client._resume.UploadJob`, see
 
 ``concurrency`` workers take the missing parts in order, stream each from the file
 (:class:`FileRangeBody`, its CRC-64 verified by the session), record it in the checkpoint
-and report byte-accurate progress across the parts in flight (:class:`_Progress`).
+and report byte-accurate progress across the parts in flight (:class:`_PartsProgress`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class PartUploadMixin(UploadJob):
     async def _upload_missing(self, ckpt: Checkpoint, plan: list[tuple[int, int, int]]) -> None:
         todo = [p for p in plan if p[0] not in ckpt.parts]
         done_bytes = sum(r.size for r in ckpt.parts.values())
-        progress = _Progress(self.progress_fn, self.identity.size, done_bytes)
+        progress = _PartsProgress(self.progress_fn, self.identity.size, done_bytes)
         progress.emit()
         if not todo:
             return
@@ -41,8 +41,8 @@ class PartUploadMixin(UploadJob):
         async def worker() -> None:
             for number, offset, length in queue:
                 body = FileRangeBody(self.identity.path, offset, length, expect=expect)
-                part = await self.bucket.upload_part(
-                    self.key, ckpt.upload_id, number, body, progress=progress.part(number)
+                part = await self.bucket._upload_part(
+                    self.key, ckpt.upload_id, number, body, progress.part(number)
                 )
                 ckpt.parts[number] = PartRecord(
                     number=number, offset=offset, size=length, etag=part.etag,
@@ -61,7 +61,7 @@ class PartUploadMixin(UploadJob):
             raise root_cause(group) from None
 
 
-class _Progress:
+class _PartsProgress:
     """Byte-accurate aggregate progress over concurrent parts; rewinds a retried part."""
 
     def __init__(self, callback: ProgressFn | None, total: int, done: int) -> None:

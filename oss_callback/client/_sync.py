@@ -33,7 +33,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 import httpx
@@ -484,7 +484,7 @@ class Bucket:
         key: str,
         upload_id: str,
         part_number: int,
-        data: bytes | str | IO[bytes] | Iterable[bytes] | Any = None,
+        data: Data | None = None,
         *,
         progress: ProgressFn | None = None,
     ) -> UploadPartResult:
