@@ -24,6 +24,7 @@ from oss_callback.testing._buckets import put_bucket
 from oss_callback.testing._copy_append import HANDLERS as COPY_APPEND
 from oss_callback.testing._errors import OSSErrorResponse
 from oss_callback.testing._faults import Fault, FaultInjector, RequestInfo
+from oss_callback.testing._formats import http_date
 from oss_callback.testing._listing import HANDLERS as LISTING
 from oss_callback.testing._multipart import HANDLERS as MULTIPART
 from oss_callback.testing._objects import HANDLERS as OBJECTS
@@ -43,7 +44,6 @@ from oss_callback.testing._request import (
 )
 from oss_callback.testing._routing import check_names, route
 from oss_callback.testing._state import EmulatorState
-from oss_callback.testing._wire import http_date
 
 __all__ = ["HANDLERS", "EmulatorApp"]
 

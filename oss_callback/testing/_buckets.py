@@ -4,9 +4,9 @@ DeleteBucket (only when empty), and the answer to an object operation without a 
 from __future__ import annotations
 
 from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._formats import OWNER_ID, XML_CONTENT_TYPE, iso, xml_doc
 from oss_callback.testing._request import Request, Response
 from oss_callback.testing._state import EmulatorState
-from oss_callback.testing._wire import OWNER_ID, XML_CONTENT_TYPE, iso, xml_doc
 
 __all__ = ["HANDLERS", "put_bucket"]
 

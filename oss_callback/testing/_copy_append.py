@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 
 from oss_callback.protocol._crc64 import crc64, crc64_combine
 from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._formats import XML_CONTENT_TYPE, invalid_argument, iso
 from oss_callback.testing._multipart import part_number, upload_or_404
 from oss_callback.testing._request import Request, Response, bucket_key
 from oss_callback.testing._routing import check_key
@@ -50,7 +51,6 @@ from oss_callback.testing._uploads import (
     receive_body,
     upload_metadata,
 )
-from oss_callback.testing._wire import XML_CONTENT_TYPE, invalid_argument, iso
 
 __all__ = ["HANDLERS", "MAX_COPY_SIZE"]
 

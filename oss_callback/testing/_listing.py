@@ -8,10 +8,7 @@ import binascii
 import bisect
 from collections.abc import Callable
 
-from oss_callback.testing._request import Request, Response
-from oss_callback.testing._state import EmulatorState
-from oss_callback.testing._stored import StoredObject
-from oss_callback.testing._wire import (
+from oss_callback.testing._formats import (
     OWNER_ID,
     common_prefixes,
     el,
@@ -22,6 +19,9 @@ from oss_callback.testing._wire import (
     xml_ok,
     xml_text,
 )
+from oss_callback.testing._request import Request, Response
+from oss_callback.testing._state import EmulatorState
+from oss_callback.testing._stored import StoredObject
 
 __all__ = ["HANDLERS"]
 

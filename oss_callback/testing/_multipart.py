@@ -10,6 +10,20 @@ import hashlib
 from urllib.parse import quote
 
 from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._formats import (
+    MAX_XML_BODY,
+    XML_CONTENT_TYPE,
+    el,
+    encoder,
+    int_param,
+    invalid_argument,
+    iso,
+    malformed,
+    parse_xml,
+    quote_etag,
+    xml_doc,
+    xml_ok,
+)
 from oss_callback.testing._request import Request, Response, bucket_key
 from oss_callback.testing._state import EmulatorState
 from oss_callback.testing._stored import PartInfo, Upload, combined_part_checksums
@@ -23,20 +37,6 @@ from oss_callback.testing._uploads import (
     finish_upload,
     receive_body,
     upload_metadata,
-)
-from oss_callback.testing._wire import (
-    MAX_XML_BODY,
-    XML_CONTENT_TYPE,
-    el,
-    encoder,
-    int_param,
-    invalid_argument,
-    iso,
-    malformed,
-    parse_xml,
-    quote_etag,
-    xml_doc,
-    xml_ok,
 )
 
 __all__ = ["HANDLERS", "MAX_PART_NUMBER", "MIN_PART_SIZE", "part_number", "upload_or_404"]

@@ -9,6 +9,16 @@ import re
 from email.utils import parsedate_to_datetime
 
 from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._formats import (
+    MAX_XML_BODY,
+    encoder,
+    http_date,
+    malformed,
+    parse_xml,
+    quote_etag,
+    xml_ok,
+    xml_text,
+)
 from oss_callback.testing._request import Request, Response, bucket_key
 from oss_callback.testing._state import EmulatorState
 from oss_callback.testing._stored import StoredObject
@@ -22,16 +32,6 @@ from oss_callback.testing._uploads import (
     finish_upload,
     receive_body,
     upload_metadata,
-)
-from oss_callback.testing._wire import (
-    MAX_XML_BODY,
-    encoder,
-    http_date,
-    malformed,
-    parse_xml,
-    quote_etag,
-    xml_ok,
-    xml_text,
 )
 
 __all__ = ["HANDLERS", "object_or_404", "parse_range"]

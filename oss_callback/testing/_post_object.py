@@ -13,6 +13,7 @@ from xml.sax.saxutils import escape
 from oss_callback.testing._auth import authenticate_post
 from oss_callback.testing._callbacks import parse_callback
 from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._formats import invalid_argument, quote_etag
 from oss_callback.testing._post import MAX_FIELD_BYTES, FormReader, boundary_of, check_policy
 from oss_callback.testing._request import Request, Response
 from oss_callback.testing._routing import check_key
@@ -26,7 +27,6 @@ from oss_callback.testing._uploads import (
     sink,
     upload_metadata,
 )
-from oss_callback.testing._wire import invalid_argument, quote_etag
 
 __all__ = ["HANDLERS", "POST_FORM_OVERHEAD"]
 

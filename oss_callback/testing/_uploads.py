@@ -19,12 +19,12 @@ from oss_callback.testing._callbacks import (
     system_variables,
 )
 from oss_callback.testing._errors import OSSErrorResponse
+from oss_callback.testing._formats import invalid_argument, quote_etag
 from oss_callback.testing._records import CallbackRecord
 from oss_callback.testing._request import Request, Response, error_response
 from oss_callback.testing._routing import PUBLIC_KEY_PATH
 from oss_callback.testing._state import EmulatorState
 from oss_callback.testing._stored import StoredObject
-from oss_callback.testing._wire import invalid_argument, quote_etag
 
 __all__ = [
     "MAX_PUT_SIZE",
