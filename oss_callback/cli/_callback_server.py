@@ -179,6 +179,22 @@ def _quiet_refusals() -> Iterator[None]:
         logger.removeFilter(drop)
 
 
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn, saying where it listens once it does (with ``--port 0`` the system picks)."""
+
+    def __init__(self, config: uvicorn.Config, path: str, lines: list[str]) -> None:
+        super().__init__(config)
+        self._path, self._lines = path, lines
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"OSS callback server listening on http://{shown}:{port}{self._path}", flush=True)
+        for line in self._lines:
+            print(line, flush=True)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted (``UsageError``: options it can't start with)."""
     if not args.path.startswith("/"):
@@ -190,28 +206,20 @@ def serve(args: argparse.Namespace) -> int:
             app = create_app(verifier, bucket, args.db, path=args.path)
         except sqlite3.Error as e:
             raise UsageError(f"--db {args.db}: {e}") from None
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((args.host, args.port))
-            sock.listen(2048)  # connections wait from now on (uvicorn accepts them)
-        except OSError as e:
-            sock.close()
-            print(f"oss-callback callback-server: cannot listen on {args.host}:{args.port}: "
-                  f"{e.strerror or e}", file=sys.stderr)
-            return 1
-        host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-        print(f"OSS callback server listening on http://{host}:{sock.getsockname()[1]}"
-              f"{args.path}", flush=True)
-        print(f"signatures checked with {keys}", flush=True)
-        print(confirming, flush=True)
-        print(f"storing callbacks in SQLite: {args.db}" if args.db else
-              "not storing callbacks (--db FILE stores them in SQLite)", flush=True)
-        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+        lines = [f"signatures checked with {keys}", confirming,
+                 f"storing callbacks in SQLite: {args.db}" if args.db else
+                 "not storing callbacks (--db FILE stores them in SQLite)"]
+        config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="off",
+                                log_config=None, access_log=False)
+        server = _AnnouncingServer(config, args.path, lines)
         # Ctrl-C: uvicorn stops gracefully, then raises it again
-        with _quiet_refusals(), sock, suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run(sockets=[sock])
+        with _quiet_refusals(), suppress(KeyboardInterrupt):
+            try:
+                server.run()
+            except SystemExit:  # uvicorn could not listen (its error is printed above)
+                print(f"oss-callback callback-server: cannot listen on {args.host}:"
+                      f"{args.port}; choose another --host or --port", file=sys.stderr)
+                return 1
     finally:
         if bucket is not None:
             bucket.close()

@@ -15,6 +15,7 @@ import queue
 import re
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -472,3 +473,18 @@ def test_readme_commands_run_as_shown(tmp_path: Path) -> None:
     with closing(sqlite3.connect(tmp_path / "uploads.db")) as conn:
         assert conn.execute("SELECT bucket, object, size FROM uploads").fetchall() == [
             ("examplebucket", "photos/cat.jpg", 6)]
+
+
+def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "oss_callback", "callback-server", "--port", port,
+             "--db", str(tmp_path / "uploads.db")],
+            capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""  # no "listening" line for a server that isn't
+    assert f"cannot listen on 127.0.0.1:{port}; choose another --host or --port" in done.stderr
+    assert "address already in use" in done.stderr.lower()
