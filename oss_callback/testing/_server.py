@@ -89,37 +89,14 @@ class _HeadGuard:
 
 def _guarded_protocol(impl: str, header_timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (``httptools`` or ``h11``) with a :class:`_HeadGuard`."""
+    base: type[Any]
     if impl == "httptools":
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
 
-        class GuardedHttpToolsProtocol(HttpToolsProtocol):
-            def connection_made(  # type: ignore[override]  # as uvicorn's
-                self, transport: asyncio.Transport
-            ) -> None:
-                super().connection_made(transport)
-                self._head_guard = _HeadGuard(self, header_timeout)
-                self._head_guard.arm()
-
-            def data_received(self, data: bytes) -> None:
-                super().data_received(data)
-                self._head_guard.after_data()
-
-            def on_response_complete(self) -> None:
-                super().on_response_complete()
-                self._head_guard.after_response()
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                self._head_guard.disarm()
-                super().connection_lost(exc)
-
-        return GuardedHttpToolsProtocol
-
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedH11Protocol(H11Protocol):
-        def connection_made(  # type: ignore[override]  # as uvicorn's
-            self, transport: asyncio.Transport
-        ) -> None:
+    class Guarded(base):  # type: ignore[misc]  # either of uvicorn's protocols
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._head_guard = _HeadGuard(self, header_timeout)
             self._head_guard.arm()
@@ -136,7 +113,8 @@ def _guarded_protocol(impl: str, header_timeout: float) -> type[asyncio.Protocol
             self._head_guard.disarm()
             super().connection_lost(exc)
 
-    return GuardedH11Protocol
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded
 
 
 def _bind(host: str, port: int) -> socket.socket:
